@@ -1,0 +1,246 @@
+"""Camera conventions, rotations, rays, unprojection and Sim(3) alignment.
+
+Conventions used across da3-splat:
+- ``w2c``: world-to-camera, OpenCV axes (x right, y down, z forward), shape (..., 3, 4) or (..., 4, 4).
+  This is what DA3 predicts and what gsplat takes as ``viewmats``.
+- ``c2w_gl``: camera-to-world in OpenGL/nerfstudio axes (x right, y up, z back), as in ``transforms.json``.
+- Quaternions are ``xyzw`` (scalar last) where they interface with DA3's pose encoding, and ``wxyz`` where they
+  interface with gsplat; every function says which.
+- Depth is planar z-depth: ``X_cam = depth * K^-1 [u, v, 1]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# OpenCV <-> OpenGL camera axes differ by flipping y and z.
+_CV_TO_GL = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rigid transforms
+
+
+def as_homogeneous(T: Tensor) -> Tensor:
+    """(..., 3, 4) or (..., 4, 4) -> (..., 4, 4)."""
+    if T.shape[-2] == 4:
+        return T
+    bottom = torch.zeros(*T.shape[:-2], 1, 4, dtype=T.dtype, device=T.device)
+    bottom[..., 0, 3] = 1
+    return torch.cat([T, bottom], dim=-2)
+
+
+def rigid_inverse(T: Tensor) -> Tensor:
+    """Inverse of a rigid (or similarity-free) transform [R|t]; keeps the input's row count (3 or 4)."""
+    R, t = T[..., :3, :3], T[..., :3, 3:]
+    Rt = R.transpose(-1, -2)
+    inv = torch.cat([Rt, -Rt @ t], dim=-1)
+    return as_homogeneous(inv) if T.shape[-2] == 4 else inv
+
+
+def w2c_to_c2w(w2c: Tensor) -> Tensor:
+    return rigid_inverse(w2c)
+
+
+def c2w_to_w2c(c2w: Tensor) -> Tensor:
+    return rigid_inverse(c2w)
+
+
+def opencv_w2c_to_opengl_c2w(w2c: Tensor) -> Tensor:
+    """DA3 / gsplat extrinsics -> nerfstudio ``transform_matrix`` (4x4)."""
+    c2w = as_homogeneous(rigid_inverse(w2c))
+    return c2w @ _CV_TO_GL.to(c2w)
+
+
+def opengl_c2w_to_opencv_w2c(c2w_gl: Tensor) -> Tensor:
+    """nerfstudio ``transform_matrix`` (3x4 or 4x4) -> OpenCV world-to-camera (4x4)."""
+    c2w_cv = as_homogeneous(c2w_gl) @ _CV_TO_GL.to(c2w_gl)
+    return rigid_inverse(c2w_cv)
+
+
+def camera_centers(w2c: Tensor) -> Tensor:
+    """World positions of the cameras, (..., 3)."""
+    R, t = w2c[..., :3, :3], w2c[..., :3, 3:]
+    return (-R.transpose(-1, -2) @ t)[..., 0]
+
+
+def normalize_extrinsics(w2c: Tensor) -> Tensor:
+    """DA3's normalisation of conditioning poses (per batch): the first view becomes the identity and
+    translations are divided by the median camera distance (clamped at 0.1).
+
+    w2c: (B, S, 4, 4) or (B, S, 3, 4). Returns (B, S, 4, 4).
+    """
+    w2c = as_homogeneous(w2c)
+    c2w_first = rigid_inverse(w2c[:, :1])
+    rel = w2c @ c2w_first
+    # torch.median returns the lower middle value for an even count; DA3 relies on that.
+    dist = camera_centers(rel).norm(dim=-1)
+    scale = torch.median(dist.flatten()).clamp(min=0.1)
+    rel = rel.clone()
+    rel[..., :3, 3] = rel[..., :3, 3] / scale
+    return rel
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotations
+
+
+def quat_xyzw_to_matrix(q: Tensor) -> Tensor:
+    """Quaternion (x, y, z, w) -> rotation matrix. Uses 2/|q|^2, so ``q`` need not be unit length
+    (DA3's camera decoder relies on this)."""
+    x, y, z, w = q.unbind(-1)
+    s = 2.0 / (q * q).sum(-1)
+    m = torch.stack(
+        (
+            1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w),
+            s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w),
+            s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y),
+        ),
+        dim=-1,
+    )  # fmt: skip
+    return m.reshape(*q.shape[:-1], 3, 3)
+
+
+def matrix_to_quat_xyzw(R: Tensor) -> Tensor:
+    """Rotation matrix -> quaternion (x, y, z, w) with w >= 0.
+
+    Shepperd's method: of the four algebraically equivalent formulas (each divides by one of 4w, 4x, 4y, 4z),
+    use the one whose divisor is largest, which keeps the result well conditioned near 180-degree rotations.
+    """
+    m = R.reshape(*R.shape[:-2], 9)
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.unbind(-1)
+    # 4*w^2, 4*x^2, 4*y^2, 4*z^2 (clamped: rounding can make them slightly negative).
+    sq = torch.stack(
+        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
+    )
+    mag = torch.sqrt(sq.clamp(min=0))  # 2|w|, 2|x|, 2|y|, 2|z|
+    # Row k: (w, x, y, z) scaled by 4*q_k; divide by 2*mag_k (floored) to get the quaternion.
+    rows = torch.stack(
+        [
+            torch.stack([sq[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
+            torch.stack([m21 - m12, sq[..., 1], m10 + m01, m02 + m20], -1),
+            torch.stack([m02 - m20, m10 + m01, sq[..., 2], m12 + m21], -1),
+            torch.stack([m10 - m01, m20 + m02, m21 + m12, sq[..., 3]], -1),
+        ],
+        dim=-2,
+    )
+    # The diagonal of `rows` uses mag^2 (not the clamped sq) for the exact same rounding as the divisor.
+    rows = rows.clone()
+    idx = torch.arange(4, device=R.device)
+    rows[..., idx, idx] = mag * mag
+    best = mag.argmax(dim=-1, keepdim=True)
+    chosen = torch.gather(rows, -2, best[..., None].expand(*best.shape, 4))[..., 0, :]
+    denom = 2.0 * torch.gather(mag, -1, best).clamp(min=0.1)
+    wxyz = chosen / denom
+    xyzw = torch.cat([wxyz[..., 1:], wxyz[..., :1]], dim=-1)
+    return torch.where(xyzw[..., 3:] < 0, -xyzw, xyzw)
+
+
+def quat_wxyz_to_xyzw(q: Tensor) -> Tensor:
+    return torch.cat([q[..., 1:], q[..., :1]], dim=-1)
+
+
+def quat_xyzw_to_wxyz(q: Tensor) -> Tensor:
+    return torch.cat([q[..., 3:], q[..., :3]], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# DA3 pose encoding: [t (3), q_xyzw (4), fov_h, fov_w], describing camera-to-world.
+
+
+def pose_encoding_to_cameras(enc: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """(..., 9) -> (c2w (..., 3, 4), K (..., 3, 3)) with the principal point at the image centre."""
+    t, q, fov_h, fov_w = enc[..., :3], enc[..., 3:7], enc[..., 7], enc[..., 8]
+    c2w = torch.cat([quat_xyzw_to_matrix(q), t[..., None]], dim=-1)
+    fy = (height / 2.0) / torch.tan(fov_h / 2.0).clamp(min=1e-6)
+    fx = (width / 2.0) / torch.tan(fov_w / 2.0).clamp(min=1e-6)
+    K = torch.zeros(*enc.shape[:-1], 3, 3, dtype=enc.dtype, device=enc.device)
+    K[..., 0, 0], K[..., 1, 1] = fx, fy
+    K[..., 0, 2], K[..., 1, 2], K[..., 2, 2] = width / 2, height / 2, 1.0
+    return c2w, K
+
+
+def cameras_to_pose_encoding(c2w: Tensor, K: Tensor, height: int, width: int) -> Tensor:
+    """Inverse of :func:`pose_encoding_to_cameras` (the principal point is ignored)."""
+    fov_h = 2 * torch.atan((height / 2) / K[..., 1, 1])
+    fov_w = 2 * torch.atan((width / 2) / K[..., 0, 0])
+    q = matrix_to_quat_xyzw(c2w[..., :3, :3])
+    return torch.cat([c2w[..., :3, 3], q, fov_h[..., None], fov_w[..., None]], dim=-1).float()
+
+
+# --------------------------------------------------------------------------------------------------
+# Rays and unprojection
+
+
+def pixel_grid(height: int, width: int, *, offset: float = 0.0, device=None, dtype=torch.float32) -> Tensor:
+    """(H, W, 3) homogeneous pixel coordinates [u + offset, v + offset, 1]."""
+    v, u = torch.meshgrid(
+        torch.arange(height, device=device, dtype=dtype) + offset,
+        torch.arange(width, device=device, dtype=dtype) + offset,
+        indexing="ij",
+    )
+    return torch.stack([u, v, torch.ones_like(u)], dim=-1)
+
+
+def depth_to_camera_points(depth: Tensor, K: Tensor, *, offset: float = 0.0) -> Tensor:
+    """Planar depth (..., H, W) and K (..., 3, 3) -> camera-frame points (..., H, W, 3)."""
+    H, W = depth.shape[-2:]
+    pix = pixel_grid(H, W, offset=offset, device=depth.device, dtype=depth.dtype)
+    rays = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K), pix)
+    return rays * depth[..., None]
+
+
+def depth_to_world_points(depth: Tensor, K: Tensor, w2c: Tensor, *, offset: float = 0.0) -> Tensor:
+    """Planar depth + intrinsics + world-to-camera -> world points (..., H, W, 3)."""
+    cam = depth_to_camera_points(depth, K, offset=offset)
+    c2w = rigid_inverse(w2c)
+    R, t = c2w[..., :3, :3], c2w[..., :3, 3]
+    return torch.einsum("...ij,...hwj->...hwi", R, cam) + t[..., None, None, :]
+
+
+def points_from_rays(depth: Tensor, ray: Tensor) -> Tensor:
+    """DA3's ray parameterisation: P = t + D * d, with ray[..., :3] the direction d (camera z = 1 scaling)
+    and ray[..., 3:] the camera centre t. depth (..., h, w), ray (..., h, w, 6) -> (..., h, w, 3)."""
+    return ray[..., 3:] + depth[..., None] * ray[..., :3]
+
+
+# --------------------------------------------------------------------------------------------------
+# Alignment
+
+
+def umeyama(src: Tensor, dst: Tensor, weights: Tensor | None = None, with_scale: bool = True):
+    """Least-squares similarity transform with ``dst ~ s * R @ src + t`` (Umeyama 1991).
+
+    src, dst: (N, 3). Returns (R (3, 3), t (3,), s scalar tensor). Computed in float64 for stability.
+    """
+    if src.shape[0] < 2:
+        raise ValueError("umeyama needs at least 2 points")
+    dtype = src.dtype
+    src, dst = src.double(), dst.double()
+    w = torch.ones(src.shape[0], dtype=src.dtype, device=src.device) if weights is None else weights.double()
+    w = w / w.sum()
+    mu_s, mu_d = (w[:, None] * src).sum(0), (w[:, None] * dst).sum(0)
+    xs, xd = src - mu_s, dst - mu_d
+    var_s = (w * (xs * xs).sum(-1)).sum()
+    cov = (w[:, None, None] * xd[:, :, None] * xs[:, None, :]).sum(0)
+    U, D, Vt = torch.linalg.svd(cov)
+    E = torch.eye(3, dtype=src.dtype, device=src.device)
+    if torch.det(U) * torch.det(Vt) < 0:
+        E[2, 2] = -1
+    R = U @ E @ Vt
+    s = (D * E.diagonal()).sum() / var_s.clamp(min=1e-12) if with_scale else torch.ones((), dtype=src.dtype)
+    t = mu_d - s * R @ mu_s
+    return R.to(dtype), t.to(dtype), s.to(dtype)
+
+
+def apply_sim3_to_w2c(w2c: Tensor, R: Tensor, t: Tensor, s: Tensor) -> Tensor:
+    """Re-express world-to-camera poses after the world is mapped by x' = s R x + t (scale goes into the
+    translation, the camera keeps a rigid pose)."""
+    w2c = as_homogeneous(w2c)
+    Rc, tc = w2c[..., :3, :3], w2c[..., :3, 3]
+    R_new = Rc @ R.T
+    t_new = s * tc - (R_new @ t[..., None])[..., 0]
+    out = w2c.clone()
+    out[..., :3, :3], out[..., :3, 3] = R_new, t_new
+    return out

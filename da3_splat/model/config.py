@@ -1,0 +1,121 @@
+"""Architecture configs of every DA3 model, as typed dataclasses.
+
+The official checkpoints name their architecture with ``model_name`` in ``config.json``; ``CONFIGS`` maps each
+name to its architecture. Extra (non-official) configs such as the small model trained by this project are
+registered the same way, so one loader serves all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    ffn: str = "mlp"  # "mlp" (fc1 -> GELU -> fc2) or "swiglu" (w12 -> silu-gate -> w3)
+    ffn_hidden: int = 1536
+    out_layers: tuple[int, ...] = (5, 7, 9, 11)
+    # Blocks >= alt_start alternate local (even) / global (odd) attention; qk-norm and RoPE start there too.
+    # -1 disables all three (metric and mono models).
+    alt_start: int = 4
+    cat_token: bool = True  # heads get cat(local, norm(global)) features and a camera token
+    patch_size: int = 14
+    pos_grid: int = 37  # pos-embed table is 1 + pos_grid**2 entries (518 / 14)
+    rope_base: float = 100.0
+
+
+@dataclass(frozen=True)
+class DPTConfig:
+    kind: str = "dual"  # "dual" (depth + rays), "mono" (depth [+ sky]), "gs" (38 Gaussian channels)
+    features: int = 64
+    out_channels: tuple[int, int, int, int] = (48, 96, 192, 384)
+    output_dim: int = 2
+    sky: bool = False
+    pos_embed: bool = True
+
+
+@dataclass(frozen=True)
+class DA3Config:
+    model_name: str
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    head: DPTConfig = field(default_factory=DPTConfig)
+    camera: bool = True  # camera encoder (pose conditioning) + camera decoder
+    gs_head: DPTConfig | None = None
+    gs_sh_degree: int = 2
+    # Nested model: an any-view model plus a metric model whose depth sets the scale.
+    nested_metric: str | None = None
+    nested_anyview: str | None = None
+
+    @property
+    def is_nested(self) -> bool:
+        return self.nested_metric is not None
+
+    @property
+    def head_dim_in(self) -> int:
+        return self.vit.dim * (2 if self.vit.cat_token else 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "DA3Config":
+        d = dict(d)
+        vit = ViTConfig(**_tuples(d.pop("vit", {}), ViTConfig))
+        head = DPTConfig(**_tuples(d.pop("head", {}), DPTConfig))
+        gs = d.pop("gs_head", None)
+        gs = DPTConfig(**_tuples(gs, DPTConfig)) if gs else None
+        known = {f.name for f in fields(DA3Config)}
+        return DA3Config(vit=vit, head=head, gs_head=gs, **{k: v for k, v in d.items() if k in known})
+
+
+def _tuples(d: dict, cls) -> dict:
+    # JSON turns tuples into lists; frozen dataclasses want hashable tuples back.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+
+
+def _anyview(name, dim, depth, heads, ffn, hidden, out_layers, alt_start, features, oc, gs=None):
+    return DA3Config(
+        model_name=name,
+        vit=ViTConfig(dim, depth, heads, ffn, hidden, tuple(out_layers), alt_start, True),
+        head=DPTConfig("dual", features, tuple(oc), 2, False, True),
+        gs_head=gs,
+    )
+
+
+_LARGE_OC = (256, 512, 1024, 1024)
+
+CONFIGS: dict[str, DA3Config] = {
+    "da3-small": _anyview("da3-small", 384, 12, 6, "mlp", 1536, (5, 7, 9, 11), 4, 64, (48, 96, 192, 384)),
+    "da3-base": _anyview("da3-base", 768, 12, 12, "mlp", 3072, (5, 7, 9, 11), 4, 128, (96, 192, 384, 768)),
+    "da3-large": _anyview("da3-large", 1024, 24, 16, "mlp", 4096, (11, 15, 19, 23), 8, 256, _LARGE_OC),
+    "da3-giant": _anyview(
+        "da3-giant", 1536, 40, 24, "swiglu", 4096, (19, 27, 33, 39), 13, 256, _LARGE_OC,
+        gs=DPTConfig("gs", 256, _LARGE_OC, 38, False, True),
+    ),
+    "da3metric-large": DA3Config(
+        model_name="da3metric-large",
+        vit=ViTConfig(1024, 24, 16, "mlp", 4096, (4, 11, 17, 23), -1, False),
+        head=DPTConfig("mono", 256, _LARGE_OC, 1, True, False),
+        camera=False,
+    ),
+}  # fmt: skip
+CONFIGS["da3mono-large"] = replace(CONFIGS["da3metric-large"], model_name="da3mono-large")
+CONFIGS["da3nested-giant-large"] = DA3Config(
+    model_name="da3nested-giant-large", nested_anyview="da3-giant", nested_metric="da3metric-large"
+)
+
+OFFICIAL_MODELS = tuple(CONFIGS)
+
+
+def register_config(config: DA3Config) -> None:
+    """Register an extra architecture (e.g. a model trained with da3-splat) under its ``model_name``."""
+    CONFIGS[config.model_name] = config
+
+
+def get_config(name: str) -> DA3Config:
+    if name not in CONFIGS:
+        raise KeyError(f"unknown DA3 model_name {name!r}; known: {', '.join(sorted(CONFIGS))}")
+    return CONFIGS[name]

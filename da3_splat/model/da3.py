@@ -1,0 +1,183 @@
+"""The DA3 network: backbone + heads + camera encoder/decoder (+ GS head), and the nested metric model."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from da3_splat.model.camera import CameraDecoder, CameraEncoder
+from da3_splat.model.config import DA3Config, get_config
+from da3_splat.model.dpt import DPTHead
+from da3_splat.model.vit import DinoViT
+
+SKY_THRESHOLD = 0.3  # metric sky head: values below are non-sky
+QUANTILE_SAMPLES = 100_000  # torch.quantile limit; DA3 subsamples larger sets
+NESTED_SKY_DEPTH_CAP = 200.0
+
+
+def _fp32(device_type: str):
+    """Heads, camera modules and pose solvers always run in fp32, even inside an autocast region."""
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def _subsample(values: Tensor, n: int, use_randperm: bool) -> Tensor:
+    if values.numel() <= n:
+        return values
+    if use_randperm:
+        return values.flatten()[torch.randperm(values.numel(), device=values.device)[:n]]
+    return values[torch.randint(0, values.numel(), (n,), device=values.device)]
+
+
+class DA3(nn.Module):
+    """Depth Anything 3, any configuration. See :meth:`forward` for the network call and
+    :meth:`infer` (``da3_splat.model.inference``) for images in, numpy out."""
+
+    def __init__(self, config: DA3Config, head_chunk: int = 8):
+        super().__init__()
+        self.config = config
+        if config.is_nested:
+            self.anyview = DA3(get_config(config.nested_anyview), head_chunk)
+            self.metric = DA3(get_config(config.nested_metric), head_chunk)
+            return
+        self.backbone = DinoViT(config.vit)
+        self.head = DPTHead(config.head, config.head_dim_in, head_chunk)
+        if config.camera:
+            self.cam_enc = CameraEncoder(config.vit.dim)
+            self.cam_dec = CameraDecoder(config.head_dim_in)
+        if config.gs_head is not None:
+            self.gs_head = DPTHead(config.gs_head, config.head_dim_in, head_chunk)
+
+    # -- construction / weights (implemented in weights.py, exposed here as the public API) ---------------
+    @classmethod
+    def from_config(cls, name: str | DA3Config, **kw) -> "DA3":
+        """A randomly initialised model of an official (or registered) configuration."""
+        return cls(get_config(name) if isinstance(name, str) else name, **kw).eval()
+
+    @classmethod
+    def from_pretrained(cls, src: str, **kw) -> "DA3":
+        """Load weights from a Hugging Face repo id, a folder with config.json + model.safetensors, or a
+        .safetensors file (safetensors only; keys checked strictly)."""
+        from da3_splat.model.weights import load_pretrained
+
+        return load_pretrained(cls, src, **kw)
+
+    def save_pretrained(self, directory, overwrite: bool = False):
+        from da3_splat.model.weights import save_pretrained
+
+        return save_pretrained(self, directory, overwrite=overwrite)
+
+    def infer(self, images, **kw):
+        from da3_splat.model.inference import infer
+
+        return infer(self, images, **kw)
+
+    @property
+    def has_gs_head(self) -> bool:
+        return (self.anyview if self.config.is_nested else self).config.gs_head is not None
+
+    @property
+    def has_cameras(self) -> bool:
+        return (self.anyview if self.config.is_nested else self).config.camera
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        extrinsics: Tensor | None = None,
+        intrinsics: Tensor | None = None,
+        ref_view_strategy: str = "saddle_balanced",
+        use_ray_pose: bool = False,
+        infer_gs: bool = False,
+    ) -> dict[str, Tensor]:
+        """x: (B, S, 3, H, W) ImageNet-normalised, H and W multiples of 14.
+
+        extrinsics (B, S, 3|4, 4) world-to-camera OpenCV, already normalised (``normalize_extrinsics``), and
+        intrinsics (B, S, 3, 3) in pixels of ``x``: condition the backbone on known cameras.
+        Returns depth, depth_conf (B, S, H, W); ray (B, S, 8H/14, 8W/14, 6), ray_conf; extrinsics (B, S, 3, 4)
+        w2c; intrinsics (B, S, 3, 3); gaussians (when ``infer_gs`` and a GS head exists); sky (metric/mono);
+        scale_factor (nested).
+        """
+        if self.config.is_nested:
+            return self._forward_nested(x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs)
+        if x.dim() != 5:
+            raise ValueError(f"expected images of shape (B, S, 3, H, W), got {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        dev = x.device.type
+        cam_token = None
+        if extrinsics is not None:
+            if not self.config.camera:
+                raise ValueError(f"{self.config.model_name} takes no camera conditioning")
+            if intrinsics is None:
+                raise ValueError("pose conditioning needs intrinsics together with extrinsics")
+            with _fp32(dev):
+                cam_token = self.cam_enc(extrinsics, intrinsics, H, W)
+        feats, _ = self.backbone(x, cam_token, ref_view_strategy)
+        with _fp32(dev):
+            patch = [f.float() for f, _ in feats]
+            out = self.head(patch, H, W)
+            if self.config.camera:
+                if use_ray_pose:
+                    from da3_splat.model.ray_pose import cameras_from_rays
+
+                    out["extrinsics"], out["intrinsics"] = cameras_from_rays(out["ray"], out["ray_conf"], H, W)
+                else:
+                    out["extrinsics"], out["intrinsics"] = self.cam_dec.cameras(feats[-1][1].float(), H, W)
+            if infer_gs and self.config.gs_head is not None:
+                out["gaussians"] = self._gaussians(patch, x, out, extrinsics)
+        if "sky" in out:
+            out["depth"] = self._fill_sky(out["depth"], out["sky"] < SKY_THRESHOLD, None)[0]
+        return out
+
+    def _gaussians(self, patch: list[Tensor], x: Tensor, out: dict, gt_extrinsics: Tensor | None):
+        from da3_splat.model.gs_adapter import raw_to_gaussians
+
+        H, W = x.shape[-2:]
+        gs = self.gs_head(patch, H, W, images=x.float())
+        # The depth lives in the model's predicted camera frame, so the predicted cameras place the Gaussians
+        # even when GT cameras were given (those only fix the scale).
+        return raw_to_gaussians(
+            gs["raw"], gs["opacity"], out["depth"], out["extrinsics"], out["intrinsics"],
+            gt_extrinsics=gt_extrinsics, sh_degree=self.config.gs_sh_degree,
+        )  # fmt: skip
+
+    @staticmethod
+    def _fill_sky(depth: Tensor, non_sky: Tensor, cap: float | None, conf: Tensor | None = None):
+        """Set sky pixels to the 0.99 quantile of non-sky depth (DA3's convention)."""
+        n_non_sky = int(non_sky.sum())
+        if n_non_sky <= 10 or non_sky.numel() - n_non_sky <= 10:
+            if cap is None:  # single models skip; the nested model always fills
+                return depth, conf
+        far = torch.quantile(_subsample(depth[non_sky], QUANTILE_SAMPLES, use_randperm=False), 0.99)
+        if cap is not None:
+            far = torch.clamp(far, max=cap)
+        depth = torch.where(non_sky, depth, far)
+        if conf is not None:
+            conf = torch.where(non_sky, conf, torch.ones_like(conf))
+        return depth, conf
+
+    def _forward_nested(self, x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs):
+        out = self.anyview(x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs)
+        metric = self.metric(x)
+        with _fp32(x.device.type):
+            K = out["intrinsics"]
+            focal = (K[..., 0, 0] + K[..., 1, 1]) / 2
+            metric_depth = metric["depth"] * (focal[..., None, None] / 300.0)
+            non_sky = metric["sky"] < SKY_THRESHOLD
+            if int(non_sky.sum()) <= 10:
+                raise ValueError("nested DA3: fewer than 11 non-sky pixels, cannot align to metric depth")
+            conf_ns = _subsample(out["depth_conf"][non_sky], QUANTILE_SAMPLES, use_randperm=True)
+            median_conf = torch.quantile(conf_ns, 0.5)
+            mask = (out["depth_conf"] >= median_conf) & non_sky & (metric_depth > 1e-2) & (out["depth"] > 1e-3)
+            d, m = out["depth"][mask], metric_depth[mask]
+            scale = (m * d).sum() / (d * d).sum().clamp(min=1e-12)
+            out["depth"] = out["depth"] * scale
+            ext = out["extrinsics"].clone()
+            ext[..., :3, 3] = ext[..., :3, 3] * scale
+            out["extrinsics"] = ext
+            out["scale_factor"] = scale
+            out["depth"], out["depth_conf"] = self._fill_sky(
+                out["depth"], non_sky, NESTED_SKY_DEPTH_CAP, out["depth_conf"]
+            )
+        return out

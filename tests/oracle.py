@@ -1,0 +1,91 @@
+"""The official `depth-anything-3==0.1.1` package as a numerical oracle (tests only, never library code).
+
+Builds the official nets with random weights, perturbs every tensor (the official init leaves pos-embed, norms
+and layer scales at trivial values that would hide mistakes), and saves them the way the Hub files are saved.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _stub_evo() -> None:
+    # The GS adapter imports `evo` (trajectory alignment) at import time; it is only used for GT-scale
+    # alignment, which then falls back to scale 1.
+    if "evo" in sys.modules:
+        return
+    for name in ("evo", "evo.core", "evo.core.trajectory"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["evo.core.trajectory"].PosePath3D = object
+
+
+def available() -> bool:
+    try:
+        _stub_evo()
+        import depth_anything_3  # noqa: F401
+
+        return True
+    except Exception:
+        return False
+
+
+requires_oracle = pytest.mark.skipif(not available(), reason="official depth-anything-3 package not installed")
+
+
+def build_official(name: str, seed: int = 0, noise: float = 0.02):
+    """Official net with every tensor perturbed, wrapped so its state_dict has the Hub's `model.` prefix."""
+    _stub_evo()
+    import logging
+
+    logging.getLogger("depth_anything_3").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from depth_anything_3.cfg import create_object, load_config
+        from depth_anything_3.registry import MODEL_REGISTRY
+
+        torch.manual_seed(seed)
+        net = create_object(load_config(MODEL_REGISTRY[name])).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in net.state_dict().values():
+            if p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=g) * noise)
+    wrapper = torch.nn.Module()
+    wrapper.model = net
+    return wrapper
+
+
+def save_hub_layout(wrapper, folder: Path, model_name: str) -> Path:
+    """config.json + model.safetensors written with safetensors' save_model, which de-duplicates shared
+    tensors exactly like the official `save_pretrained` (and so like the files on the Hub)."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(wrapper, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_name": model_name}))
+    return folder
+
+
+def key_dump(name: str) -> dict[str, tuple[int, ...]]:
+    """The reference key list shipped in ../shared/reference/da3-keys."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "reference" / "da3-keys" / f"{name}.txt"
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape = line.split("\t")
+        out[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max(|b|), a scale-aware error for tensors of any magnitude."""
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
