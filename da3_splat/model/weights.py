@@ -176,18 +176,20 @@ def load_pretrained(cls, src, *, device="cpu", dtype=torch.float32, head_chunk: 
 # Saving
 
 
-def official_state_dict(model) -> dict[str, torch.Tensor]:
-    """Our state dict under official names, with shared tensors stored once under the alphabetically first
+def official_key_names(model) -> set[str]:
+    """Official names of ``model``'s tensors, with each shared tensor kept once under its alphabetically first
     name (what safetensors' save_model does, and so what the Hub files contain)."""
+    owner: dict[int, str] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        official = ours_to_official(name)
+        owner[id(t)] = min(owner.get(id(t), official), official)
+    return set(owner.values())
+
+
+def official_state_dict(model) -> dict[str, torch.Tensor]:
+    keep = official_key_names(model)
     named = {ours_to_official(k): v for k, v in model.state_dict().items()}
-    seen: dict[int, str] = {}
-    for name in sorted(named):
-        ptr = named[name].data_ptr()
-        if ptr in seen:
-            del named[name]
-        else:
-            seen[ptr] = name
-    return {k: v.detach().contiguous().cpu() for k, v in named.items()}
+    return {k: v.detach().contiguous().cpu() for k, v in named.items() if k in keep}
 
 
 def _atomic_write(path: Path, write) -> None:
