@@ -27,3 +27,18 @@ class Gaussians:
     def to(self, *args, **kwargs) -> Gaussians:
         """Same as ``Tensor.to`` applied to every field."""
         return Gaussians(**{f.name: getattr(self, f.name).to(*args, **kwargs) for f in fields(self)})
+
+    def transformed(self, R: Tensor, t: Tensor, s: Tensor | float) -> Gaussians:
+        """The same Gaussians after the world moves by x' = s R x + t (rotation, translation, uniform scale)."""
+        from da3_splat.geometry import matrix_to_quat_wxyz, quat_mul_wxyz
+        from da3_splat.sh import rotate_sh
+
+        R = R.to(self.means)
+        q = matrix_to_quat_wxyz(R).expand_as(self.quats)
+        return Gaussians(
+            means=s * self.means @ R.T + t.to(self.means),
+            quats=quat_mul_wxyz(q, self.quats),
+            scales=self.scales * s,
+            opacities=self.opacities,
+            sh=rotate_sh(self.sh, R),
+        )

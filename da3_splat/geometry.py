@@ -71,15 +71,26 @@ def normalize_extrinsics(w2c: Tensor) -> Tensor:
 
     w2c: (B, S, 4, 4) or (B, S, 3, 4). Returns (B, S, 4, 4).
     """
-    w2c = as_homogeneous(w2c)
-    c2w_first = rigid_inverse(w2c[:, :1])
-    rel = w2c @ c2w_first
-    # torch.median returns the lower middle value for an even count; DA3 relies on that.
-    dist = camera_centers(rel).norm(dim=-1)
-    scale = torch.median(dist.flatten()).clamp(min=0.1)
-    rel = rel.clone()
+    rel, scale = _relative_to_first(w2c)
     rel[..., :3, 3] = rel[..., :3, 3] / scale
     return rel
+
+
+def _relative_to_first(w2c: Tensor) -> tuple[Tensor, Tensor]:
+    w2c = as_homogeneous(w2c)
+    rel = (w2c @ rigid_inverse(w2c[:, :1])).clone()
+    # torch.median returns the lower middle value for an even count; DA3 relies on that.
+    scale = torch.median(camera_centers(rel).norm(dim=-1).flatten()).clamp(min=0.1)
+    return rel, scale
+
+
+def normalization_sim3(w2c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The similarity (R, t, s) taking the frame of ``normalize_extrinsics(w2c)`` back to the frame of ``w2c``
+    (first sample of the batch): x = s R x_norm + t."""
+    _, scale = _relative_to_first(w2c)
+    first = as_homogeneous(w2c)[0, 0]
+    R0, t0 = first[:3, :3], first[:3, 3]
+    return R0.T, -R0.T @ t0, scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,6 +154,25 @@ def quat_wxyz_to_xyzw(q: Tensor) -> Tensor:
 
 def quat_xyzw_to_wxyz(q: Tensor) -> Tensor:
     return torch.cat([q[..., 3:], q[..., :3]], dim=-1)
+
+
+def quat_mul_wxyz(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product a ⊗ b of wxyz quaternions (rotation of b followed by a)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
+
+
+def matrix_to_quat_wxyz(R: Tensor) -> Tensor:
+    return quat_xyzw_to_wxyz(matrix_to_quat_xyzw(R))
 
 
 # --------------------------------------------------------------------------------------------------

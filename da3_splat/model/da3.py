@@ -90,6 +90,7 @@ class DA3(nn.Module):
         ref_view_strategy: str = "saddle_balanced",
         use_ray_pose: bool = False,
         infer_gs: bool = False,
+        return_rays: bool = True,
     ) -> dict[str, Tensor]:
         """x: (B, S, 3, H, W) ImageNet-normalised, H and W multiples of 14.
 
@@ -97,10 +98,13 @@ class DA3(nn.Module):
         intrinsics (B, S, 3, 3) in pixels of ``x``: condition the backbone on known cameras.
         Returns depth, depth_conf (B, S, H, W); ray (B, S, 8H/14, 8W/14, 6), ray_conf; extrinsics (B, S, 3, 4)
         w2c; intrinsics (B, S, 3, 3); gaussians (when ``infer_gs`` and a GS head exists); sky (metric/mono);
-        scale_factor (nested).
+        scale_factor (nested). ``return_rays=False`` skips the ray branch (about half of the head's cost)
+        unless ``use_ray_pose`` needs it; the official net computes it and then discards it.
         """
         if self.config.is_nested:
-            return self._forward_nested(x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs)
+            return self._forward_nested(
+                x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs, return_rays
+            )
         if x.dim() != 5:
             raise ValueError(f"expected images of shape (B, S, 3, H, W), got {tuple(x.shape)}")
         H, W = x.shape[-2:]
@@ -116,7 +120,7 @@ class DA3(nn.Module):
         feats, _ = self.backbone(x, cam_token, ref_view_strategy)
         with _fp32(dev):
             patch = [f.float() for f, _ in feats]
-            out = self.head(patch, H, W)
+            out = self.head(patch, H, W, rays=return_rays or use_ray_pose)
             if self.config.camera:
                 if use_ray_pose:
                     from da3_splat.model.ray_pose import cameras_from_rays
@@ -157,8 +161,8 @@ class DA3(nn.Module):
             conf = torch.where(non_sky, conf, torch.ones_like(conf))
         return depth, conf
 
-    def _forward_nested(self, x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs):
-        out = self.anyview(x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs)
+    def _forward_nested(self, x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs, return_rays):
+        out = self.anyview(x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs, return_rays)
         metric = self.metric(x)
         with _fp32(x.device.type):
             K = out["intrinsics"]

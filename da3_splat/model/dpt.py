@@ -143,9 +143,11 @@ class DPTHead(nn.Module):
                 nn.Conv2d(64, F_ // 2, 3, padding=1), nn.GELU(),
             )  # fmt: skip
 
-    def forward(self, feats: list[Tensor], H: int, W: int, images: Tensor | None = None) -> dict[str, Tensor]:
-        """feats: 4 tensors (B, S, P, dim_in); images (B, S, 3, H, W) normalised (GS head only).
-        Returns tensors with leading (B, S)."""
+    def forward(
+        self, feats: list[Tensor], H: int, W: int, images: Tensor | None = None, rays: bool = True
+    ) -> dict[str, Tensor]:
+        """feats: 4 tensors (B, S, P, dim_in); images (B, S, 3, H, W) normalised (GS head only); rays: compute
+        the Dual-DPT ray branch (half the head's work). Returns tensors with leading (B, S)."""
         B, S = feats[0].shape[:2]
         n = B * S
         flat = [f.flatten(0, 1) for f in feats]
@@ -153,10 +155,11 @@ class DPTHead(nn.Module):
         chunks = []
         for a in range(0, n, self.chunk):
             b = min(a + self.chunk, n)
-            chunks.append(self._forward_frames([f[a:b] for f in flat], H, W, None if imgs is None else imgs[a:b]))
+            frames = [f[a:b] for f in flat]
+            chunks.append(self._forward_frames(frames, H, W, None if imgs is None else imgs[a:b], rays))
         return {k: torch.cat([c[k] for c in chunks]).unflatten(0, (B, S)) for k in chunks[0]}
 
-    def _forward_frames(self, feats: list[Tensor], H: int, W: int, images: Tensor | None) -> dict[str, Tensor]:
+    def _forward_frames(self, feats: list[Tensor], H: int, W: int, images: Tensor | None, rays: bool):
         p = 14
         h, w = H // p, W // p
         aspect = W / H
@@ -178,6 +181,8 @@ class DPTHead(nn.Module):
         logits = s.output_conv2(main)
         if self.cfg.kind == "dual":
             out["depth"], out["depth_conf"] = logits[:, 0].exp(), logits[:, 1].exp() + 1
+            if not rays:
+                return out
             # Only the finest ray level is used; the official head also computes three coarser ones and
             # discards them, which we skip.
             aux = s.output_conv1_aux[3](fuse(s, layers, "_aux"))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from da3_splat.gaussians import Gaussians
-from da3_splat.geometry import as_homogeneous, camera_centers, matrix_to_quat_xyzw, rigid_inverse, umeyama
+from da3_splat.geometry import quat_mul_wxyz, as_homogeneous, camera_centers, matrix_to_quat_xyzw, rigid_inverse, umeyama
 from da3_splat.sh import num_sh_bases, rotate_sh
 
 SCALE_MIN, SCALE_MAX = 1e-5, 30.0
@@ -33,21 +33,6 @@ def sh_mask(sh_degree: int, device=None, dtype=None) -> Tensor:
     """Per-coefficient damping: 1 for DC, 0.1 * 0.25**l for band l (keeps view dependence small)."""
     mask = [1.0] + [0.1 * 0.25**l for l in range(1, sh_degree + 1) for _ in range(2 * l + 1)]
     return torch.tensor(mask, device=device, dtype=dtype)
-
-
-def quat_mul_wxyz(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a ⊗ b of wxyz quaternions (rotation of b followed by a)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )
 
 
 def world_quats(raw_quat: Tensor, R_c2w: Tensor) -> Tensor:
