@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from da3_splat.errors import WeightsError
 from da3_splat.model.config import CONFIGS, DA3Config, get_config, register_config
 
 WEIGHTS_FILE = "model.safetensors"
@@ -24,10 +25,6 @@ CONFIG_FILE = "config.json"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"  # models shipped inside the package
 # The ray branch's LayerNorm is one module shared by four levels; de-duplicated files keep only level 0.
 _SHARED_LN = re.compile(r"^(.*head\.scratch\.output_conv2_aux\.)([0-3])(\.2\.(?:weight|bias))$")
-
-
-class WeightsError(ValueError):
-    """Weights could not be found, read or matched to the architecture; the message says what to do."""
 
 
 # --------------------------------------------------------------------------------------------------
