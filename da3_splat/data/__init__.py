@@ -1,5 +1,3 @@
-"""Datasets and scene files (nerfstudio ``transforms.json`` and friends)."""
-
-from da3_splat.data.transforms import read_transforms, write_transforms
-
-__all__ = ["read_transforms", "write_transforms"]
+"""Datasets and scene files: nerfstudio ``transforms.json`` I/O (``transforms``) and synthetic DL3DV-style
+scenes (``synthetic``). Submodules are imported directly so that light users (scene-generation workers) do not
+pay for torch."""
