@@ -6,6 +6,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # Prefer a torch wheel that this machine keeps on local disk (CPU build) over a multi-GB download.
 TORCH_SPEC ?= $(or $(firstword $(wildcard /opt/wheels/torch-*.whl)),torch)
 ORACLE := depth-anything-3==0.1.1
+# Offline default: random weights (the demo says so). Any Hub repo id, folder or .safetensors file works.
+MODEL ?= random:da3-small
+DEMO := demo_out
 
 .PHONY: install test demo clean
 
@@ -13,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[test]"
-	$(PIP) install -q --no-deps "$(ORACLE)"
+	$(PIP) install -q --no-deps --target $(VENV)/oracle "$(ORACLE)"
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,7 +25,9 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 demo: $(VENV)/.installed
-	$(PY) -m da3_splat.cli demo --out demo_out
+	$(PY) -m da3_splat.cli make-synthetic $(DEMO)/scenes --scenes 1 --frames 24 --overwrite
+	$(PY) -m da3_splat.cli predict $(DEMO)/scenes/scene_0000/images_4 -o $(DEMO)/predict --model $(MODEL) \
+		--poses $(DEMO)/scenes/scene_0000/transforms.json --overwrite
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) $(DEMO)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from da3_splat import __version__
+from da3_splat.data.synthetic import MakeSyntheticCommand
 from da3_splat.predict import PredictConfig
 
 PROG = "da3-splat"
@@ -28,6 +29,7 @@ DEBUG_ENV = "DA3_SPLAT_DEBUG"
 # name -> (config dataclass, "module:function" that runs it; imported only when that command runs)
 SUBCOMMANDS: dict[str, tuple[type, str]] = {
     "predict": (PredictConfig, "da3_splat.predict:run_predict"),
+    "make-synthetic": (MakeSyntheticCommand, "da3_splat.data.synthetic:run_make_synthetic"),
 }
 # Environment problems a user can fix (permissions, a full or read-only disk): one line, no traceback.
 _USER_OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
@@ -56,7 +58,8 @@ def _one_line(text: str) -> str:
 def _user_error_types() -> tuple[type, ...]:
     from da3_splat.errors import InputError, WeightsError
 
-    return InputError, WeightsError
+    # FileExistsError: we refused to overwrite something (the message says which flag allows it).
+    return InputError, WeightsError, FileExistsError
 
 
 def describe_error(exc: BaseException) -> str:

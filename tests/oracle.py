@@ -15,20 +15,38 @@ from pathlib import Path
 import pytest
 import torch
 
+# `make test` installs the oracle with --no-deps into its own folder, outside the project's environment, so
+# that its unmet pins never touch the project's dependency set.
+ORACLE_SITE = Path(__file__).resolve().parents[1] / ".venv" / "oracle"
 
-def _stub_evo() -> None:
-    # The GS adapter imports `evo` (trajectory alignment) at import time; it is only used for GT-scale
-    # alignment, which then falls back to scale 1.
-    if "evo" in sys.modules:
-        return
-    for name in ("evo", "evo.core", "evo.core.trajectory"):
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["evo.core.trajectory"].PosePath3D = object
+
+def _stub(name: str, **attrs) -> None:
+    if name not in sys.modules:
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        sys.modules[name] = mod
+
+
+def prepare() -> None:
+    """Make `depth_anything_3` importable: its folder on sys.path, and stand-ins for imports it makes at
+    module level but that parity tests never exercise."""
+    if ORACLE_SITE.is_dir() and str(ORACLE_SITE) not in sys.path:
+        sys.path.append(str(ORACLE_SITE))
+    try:
+        import evo.core.trajectory  # noqa: F401
+    except ImportError:  # trajectory alignment; GT-scale alignment then falls back to scale 1
+        for name in ("evo", "evo.core"):
+            _stub(name)
+        _stub("evo.core.trajectory", PosePath3D=object)
+    try:
+        import opt_einsum_fx  # noqa: F401
+    except ImportError:  # e3nn imports it; only e3nn's tensor products (unused here) need it
+        _stub("opt_einsum_fx", jitable=lambda m: m, optimize_einsums_full=lambda m, *a, **k: m)
 
 
 def available() -> bool:
     try:
-        _stub_evo()
+        prepare()
         import depth_anything_3  # noqa: F401
 
         return True
@@ -36,12 +54,23 @@ def available() -> bool:
         return False
 
 
+def official_sh_helpers():
+    """The official SH helpers with e3nn's functions bound (they stay unset if e3nn failed on first import)."""
+    pytest.importorskip("e3nn")
+    prepare()
+    from depth_anything_3.utils import sh_helpers
+    from e3nn.o3 import matrix_to_angles, wigner_D
+
+    sh_helpers.matrix_to_angles, sh_helpers.wigner_D = matrix_to_angles, wigner_D
+    return sh_helpers
+
+
 requires_oracle = pytest.mark.skipif(not available(), reason="official depth-anything-3 package not installed")
 
 
 def build_official(name: str, seed: int = 0, noise: float = 0.02):
     """Official net with every tensor perturbed, wrapped so its state_dict has the Hub's `model.` prefix."""
-    _stub_evo()
+    prepare()
     import logging
 
     logging.getLogger("depth_anything_3").setLevel(logging.ERROR)

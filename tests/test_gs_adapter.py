@@ -1,7 +1,5 @@
 """GS adapter (da3_splat.model.gs_adapter): parity with the official GaussianAdapter and its own properties."""
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -10,37 +8,19 @@ import torch
 from da3_splat.gaussians import Gaussians
 from da3_splat.geometry import apply_sim3_to_w2c, quat_xyzw_to_matrix
 from da3_splat.model.gs_adapter import num_raw_channels, pose_alignment_scale, raw_to_gaussians
+from tests.oracle import official_sh_helpers
 
 
 def _oracle_adapter_module():
-    """Import the official adapter (test oracle only), stubbing imports it needs but we do not ship."""
-    pytest.importorskip("e3nn")
-    if "evo" not in sys.modules:  # the oracle imports evo at module level; a stub makes alignment fall back to 1
-        evo, core, traj = (types.ModuleType(n) for n in ("evo", "evo.core", "evo.core.trajectory"))
-        traj.PosePath3D = object
-        evo.core, core.trajectory = core, traj
-        sys.modules.update({"evo": evo, "evo.core": core, "evo.core.trajectory": traj})
-    try:
-        import opt_einsum_fx  # noqa: F401  (e3nn imports it; only its tensor products use it)
-    except ImportError:
-        stub = types.ModuleType("opt_einsum_fx")
-        stub.jitable = lambda module: module
-        stub.optimize_einsums_full = lambda module, *args, **kwargs: module
-        sys.modules["opt_einsum_fx"] = stub
-    from e3nn.o3 import matrix_to_angles, wigner_D
-
+    official_sh_helpers()
     from depth_anything_3.model import gs_adapter
-    from depth_anything_3.utils import sh_helpers
 
-    # If sh_helpers was first imported while e3nn was broken, its try/except left these names unset.
-    sh_helpers.matrix_to_angles, sh_helpers.wigner_D = matrix_to_angles, wigner_D
     return gs_adapter
 
 
 def _giant_adapter_kwargs():
-    from omegaconf import OmegaConf  # as the oracle reads it (plain PyYAML parses "1e-5" as a string)
-
     from depth_anything_3.model import gs_adapter
+    from omegaconf import OmegaConf  # as the oracle reads it (plain PyYAML parses "1e-5" as a string)
 
     cfg = Path(gs_adapter.__file__).parents[1] / "configs" / "da3-giant.yaml"
     kwargs = OmegaConf.to_container(OmegaConf.load(cfg).gs_adapter)

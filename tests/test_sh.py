@@ -1,37 +1,14 @@
 """Real SH basis and rotation (da3_splat.sh), checked against the definition and the official e3nn path."""
 
-import sys
-import types
 
 import pytest
 import torch
 
 from da3_splat.geometry import quat_xyzw_to_matrix
 from da3_splat.sh import C0, RGB2SH, SH2RGB, eval_sh_basis, rotate_sh
+from tests.oracle import official_sh_helpers
 
-
-def _oracle_sh_helpers():
-    """Import the official SH helpers (test oracle only), stubbing imports it needs but we do not ship."""
-    pytest.importorskip("e3nn")
-    if "evo" not in sys.modules:  # the oracle imports evo at module level
-        evo, core, traj = (types.ModuleType(n) for n in ("evo", "evo.core", "evo.core.trajectory"))
-        traj.PosePath3D = object
-        evo.core, core.trajectory = core, traj
-        sys.modules.update({"evo": evo, "evo.core": core, "evo.core.trajectory": traj})
-    try:
-        import opt_einsum_fx  # noqa: F401  (e3nn imports it; only its tensor products use it)
-    except ImportError:
-        stub = types.ModuleType("opt_einsum_fx")
-        stub.jitable = lambda module: module
-        stub.optimize_einsums_full = lambda module, *args, **kwargs: module
-        sys.modules["opt_einsum_fx"] = stub
-    from e3nn.o3 import matrix_to_angles, wigner_D
-
-    from depth_anything_3.utils import sh_helpers
-
-    # If sh_helpers was first imported while e3nn was broken, its try/except left these names unset.
-    sh_helpers.matrix_to_angles, sh_helpers.wigner_D = matrix_to_angles, wigner_D
-    return sh_helpers
+_oracle_sh_helpers = official_sh_helpers
 
 
 def _random_rotations(n, dtype=torch.float64, seed=0):

@@ -22,7 +22,6 @@ intrinsics scale exactly with the image size (``depth_to_world_points(..., offse
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import os
@@ -33,12 +32,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import tyro
 
 from da3_splat.data._synth_layout import TRAJECTORIES, look_at_w2c, sample_scene
 from da3_splat.data._synth_raycast import SceneGeometry, screen_windows, shade, trace
 from da3_splat.data._synth_textures import noise_table
+from da3_splat.errors import InputError
 
 CONTEXT_SIZES = (2, 4, 8, 12)
 TARGET_STRIDE = 8
@@ -350,35 +352,47 @@ def make_synthetic(
     return done
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m da3_splat.data.synthetic", description=__doc__.split("\n")[0])
-    p.add_argument("out", type=Path)
-    p.add_argument("--scenes", type=int, required=True)
-    p.add_argument("--frames", type=int, default=60)
-    p.add_argument("--height", type=int, default=270)
-    p.add_argument("--width", type=int, default=480)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true")
-    a = p.parse_args(argv)
+@dataclass
+class MakeSyntheticCommand:
+    """Synthetic DL3DV-style scenes (textured rooms with exact depth), for training, evaluation and demos.
+
+    Writes OUT/scene_0000/{transforms.json, images_4/, depths_4/, eval_index.json, scene.json}, ..."""
+
+    out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
+    """Output folder (created); existing scene folders are kept unless --overwrite."""
+    scenes: int = 1
+    """Number of scenes."""
+    frames: int = 60
+    """Frames per scene."""
+    height: int = 270
+    """Rendered height (the files state intrinsics at 4x this, like DL3DV)."""
+    width: int = 480
+    """Rendered width."""
+    seed: int = 0
+    """Seed: the same seed gives the same bytes, whatever the number of workers."""
+    workers: int | None = None
+    """Processes (default: all cores)."""
+    overwrite: bool = False
+    """Replace existing scene folders of the same names."""
+
+
+def run_make_synthetic(cmd: MakeSyntheticCommand) -> list[Path]:
+    if cmd.scenes < 1:
+        raise InputError("--scenes must be at least 1")
     try:
-        cfg = SyntheticConfig(frames=a.frames, height=a.height, width=a.width, seed=a.seed)
+        cfg = SyntheticConfig(frames=cmd.frames, height=cmd.height, width=cmd.width, seed=cmd.seed)
     except ValueError as e:
-        p.exit(2, f"error: {e}\n")
+        raise InputError(str(e)) from None
     start = time.perf_counter()
-    try:
-        paths = make_synthetic(
-            a.out,
-            a.scenes,
-            cfg,
-            workers=a.workers,
-            overwrite=a.overwrite,
-            progress=lambda path: print(f"wrote {path}", flush=True),
-        )
-    except FileExistsError as e:
-        p.exit(2, f"error: {e}\n")
-    print(f"{len(paths)} scenes in {time.perf_counter() - start:.1f} s -> {a.out}")
+    paths = make_synthetic(
+        cmd.out, cmd.scenes, cfg, workers=cmd.workers, overwrite=cmd.overwrite,
+        progress=lambda path: print(f"wrote {path}", flush=True),
+    )  # fmt: skip
+    print(f"{len(paths)} scene(s) in {time.perf_counter() - start:.1f} s -> {cmd.out}")
+    return paths
 
 
 if __name__ == "__main__":
-    main()
+    from da3_splat.cli import main
+
+    main(["make-synthetic", *__import__("sys").argv[1:]])

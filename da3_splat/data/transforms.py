@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from da3_splat.errors import InputError
 from da3_splat.export import atomic_write
 from da3_splat.geometry import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
-from da3_splat.errors import InputError
 
 TRANSFORMS_FILE = "transforms.json"
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from da3_splat.gaussians import Gaussians
-from da3_splat.geometry import quat_mul_wxyz, as_homogeneous, camera_centers, matrix_to_quat_xyzw, rigid_inverse, umeyama
+from da3_splat.geometry import (
+    as_homogeneous,
+    camera_centers,
+    matrix_to_quat_xyzw,
+    quat_mul_wxyz,
+    rigid_inverse,
+    umeyama,
+)
 from da3_splat.sh import num_sh_bases, rotate_sh
 
 SCALE_MIN, SCALE_MAX = 1e-5, 30.0

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from da3_splat.errors import InputError
 from da3_splat.gaussians import Gaussians
 from da3_splat.geometry import as_homogeneous, camera_centers, normalization_sim3, normalize_extrinsics, umeyama
-from da3_splat.errors import InputError
 from da3_splat.model.preprocess import preprocess
 
 MIN_VIEWS_FOR_UMEYAMA = 3  # fewer camera centres cannot fix a similarity transform

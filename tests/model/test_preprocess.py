@@ -24,6 +24,7 @@ from da3_splat.model.preprocess import (
     preprocess,
     read_video_frames,
 )
+from tests.oracle import prepare
 
 METHODS = ["upper_bound_resize", "upper_bound_crop", "lower_bound_resize", "lower_bound_crop"]
 
@@ -85,6 +86,7 @@ def oracle():
         import imageio  # noqa: F401  (imported by the oracle's parallel_utils, only used for saving)
     except Exception:
         stubs["imageio"] = types.ModuleType("imageio")
+    prepare()
     saved = {k: sys.modules.get(k) for k in stubs}
     sys.modules.update(stubs)
     try:

@@ -5,29 +5,20 @@ Parity tests run the official package's `_process_ray_pose_estimation` as an ora
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-import types
 
 import pytest
 import torch
 
 from da3_splat.model.ray_pose import cameras_from_rays
+from tests.oracle import prepare
 
 NET_H, NET_W = 280, 504  # network input size the ray maps belong to
 
 
 def _official_solver():
     """The oracle's ray-pose step; stubs `evo` only if the real one is absent."""
-    try:
-        importlib.import_module("evo.core.trajectory")
-    except ImportError:
-        evo, core, traj = (types.ModuleType(n) for n in ("evo", "evo.core", "evo.core.trajectory"))
-        traj.PosePath3D = object
-        evo.core, core.trajectory = core, traj
-        for mod in (evo, core, traj):
-            sys.modules.setdefault(mod.__name__, mod)
+    prepare()
     addict = pytest.importorskip("addict")
     da3 = pytest.importorskip("depth_anything_3.model.da3")
 
