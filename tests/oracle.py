@@ -105,6 +105,8 @@ def save_hub_layout(wrapper, folder: Path, model_name: str) -> Path:
 def key_dump(name: str) -> dict[str, tuple[int, ...]]:
     """The reference key list shipped in ../shared/reference/da3-keys."""
     path = Path(__file__).resolve().parents[2] / "shared" / "reference" / "da3-keys" / f"{name}.txt"
+    if not path.is_file():
+        pytest.skip(f"reference key dump not found at {path} (../shared is beside the checkout in CI)")
     out = {}
     for line in path.read_text().splitlines():
         if line.startswith("#") or not line.strip():
