@@ -148,7 +148,7 @@ def worker(spec: dict) -> dict:
     if spec.get("save_ref"):
         torch.save(outputs, spec["save_ref"])
     if spec.get("ref"):
-        ref = torch.load(spec["ref"])
+        ref = torch.load(spec["ref"], weights_only=True)
         res["errs"] = {k: rel_err(outputs[k], ref[k]) for k in FIELDS}
     return res
 
