@@ -110,6 +110,26 @@ CONFIGS["da3nested-giant-large"] = DA3Config(
 OFFICIAL_MODELS = tuple(CONFIGS)
 
 
+def gs_head_channels(sh_degree: int) -> int:
+    """GS-DPT output channels: xy offset 2, scale 3, quaternion 4, SH 3 * (d + 1)^2, depth offset 1, opacity 1."""
+    return 2 + 3 + 4 + 3 * (sh_degree + 1) ** 2 + 1 + 1
+
+
+def with_nvs_head(
+    config: DA3Config, features: int | None = None, sh_degree: int = 2, model_name: str | None = None
+) -> DA3Config:
+    """``config`` plus a trainable NVS head: a GS-DPT on the same backbone features, mapped through DA3's
+    Gaussian adapter. ``features`` sets its width (default: the geometry head's); its per-level channels
+    follow the geometry head's, scaled by the same factor, so any backbone size gets a matching head."""
+    if config.is_nested:
+        raise ValueError("add the NVS head to the nested model's any-view model instead")
+    f = features or config.head.features
+    ratio = f / config.head.features
+    oc = tuple(max(8, int(round(c * ratio))) for c in config.head.out_channels)
+    head = DPTConfig("gs", f, oc, gs_head_channels(sh_degree), False, True)
+    return replace(config, gs_head=head, gs_sh_degree=sh_degree, model_name=model_name or config.model_name)
+
+
 def register_config(config: DA3Config) -> None:
     """Register an extra architecture (e.g. a model trained with da3-splat) under its ``model_name``."""
     CONFIGS[config.model_name] = config

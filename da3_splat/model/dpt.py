@@ -193,7 +193,7 @@ class DPTHead(nn.Module):
             out["depth"] = logits[:, 0].exp()
             if self.cfg.sky:
                 out["sky"] = F.relu(s.sky_output_conv2(main)[:, 0])
-        else:  # gs: 37 linear channels + opacity
-            out["raw"] = logits[:, :37].permute(0, 2, 3, 1)
-            out["opacity"] = torch.sigmoid(logits[:, 37])
+        else:  # gs: linear adapter channels (37 for SH degree 2) + opacity logit last
+            out["raw"] = logits[:, :-1].permute(0, 2, 3, 1)
+            out["opacity"] = torch.sigmoid(logits[:, -1])
         return out

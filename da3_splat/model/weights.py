@@ -88,12 +88,15 @@ def _read_config(path: Path) -> DA3Config:
     except (OSError, json.JSONDecodeError) as e:
         raise WeightsError(f"cannot read {path}: {e}") from None
     name = data.get("model_name")
+    # A model saved by da3-splat whose architecture differs from the named one (e.g. an official backbone with
+    # a trained NVS head, or a new config) carries its full architecture.
+    if isinstance(data.get("config"), dict) and name:
+        cfg = DA3Config.from_dict({**data["config"], "model_name": name})
+        if name not in _official_names():
+            register_config(cfg)
+        return cfg
     if name in CONFIGS:
         return get_config(name)
-    if isinstance(data.get("config"), dict) and name:  # a model trained with da3-splat carries its architecture
-        cfg = DA3Config.from_dict({**data["config"], "model_name": name})
-        register_config(cfg)
-        return cfg
     raise WeightsError(f"{path}: 'model_name' is {name!r}, not one of {', '.join(sorted(CONFIGS))}")
 
 
@@ -209,7 +212,7 @@ def save_pretrained(model, directory, overwrite: bool = False) -> Path:
         raise FileExistsError(f"{d} already holds a model; pass overwrite=True to replace it")
     cfg = model.config
     meta = {"model_name": cfg.model_name}
-    if cfg.model_name not in _official_names():
+    if cfg.model_name not in _official_names() or cfg != get_config(cfg.model_name):
         meta["config"] = cfg.to_dict()
     _atomic_write(targets[0], lambda p: save_file(official_state_dict(model), p, metadata={"format": "pt"}))
     _atomic_write(targets[1], lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
