@@ -45,6 +45,7 @@ class DA3Config:
     camera: bool = True  # camera encoder (pose conditioning) + camera decoder
     gs_head: DPTConfig | None = None
     gs_sh_degree: int = 2
+    gs_planar_depth: bool = False  # adapter reads depth as z-depth (da3-splat NVS heads) or as ray distance (official)
     # Nested model: an any-view model plus a metric model whose depth sets the scale.
     nested_metric: str | None = None
     nested_anyview: str | None = None
@@ -127,7 +128,9 @@ def with_nvs_head(
     ratio = f / config.head.features
     oc = tuple(max(8, int(round(c * ratio))) for c in config.head.out_channels)
     head = DPTConfig("gs", f, oc, gs_head_channels(sh_degree), False, True)
-    return replace(config, gs_head=head, gs_sh_degree=sh_degree, model_name=model_name or config.model_name)
+    return replace(
+        config, gs_head=head, gs_sh_degree=sh_degree, gs_planar_depth=True, model_name=model_name or config.model_name
+    )
 
 
 def register_config(config: DA3Config) -> None:

@@ -98,6 +98,7 @@ class DA3(nn.Module):
         use_ray_pose: bool = False,
         infer_gs: bool = False,
         return_rays: bool = True,
+        gs_cameras: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """x: (B, S, 3, H, W) ImageNet-normalised, H and W multiples of 14.
 
@@ -107,6 +108,8 @@ class DA3(nn.Module):
         w2c; intrinsics (B, S, 3, 3); gaussians (when ``infer_gs`` and a GS head exists); sky (metric/mono);
         scale_factor (nested). ``return_rays=False`` skips the ray branch (about half of the head's cost)
         unless ``use_ray_pose`` needs it; the official net computes it and then discards it.
+        ``gs_cameras`` (w2c (B, S, 3|4, 4), K (B, S, 3, 3)): place the Gaussians with these cameras instead of the
+        predicted ones (training with known poses, where depth is predicted in the given cameras' frame).
         """
         if self.config.is_nested:
             return self._forward_nested(
@@ -136,21 +139,23 @@ class DA3(nn.Module):
                 else:
                     out["extrinsics"], out["intrinsics"] = self.cam_dec.cameras(feats[-1][1].float(), H, W)
             if infer_gs and self.config.gs_head is not None:
-                out["gaussians"] = self._gaussians(patch, x, out, extrinsics)
+                out["gaussians"] = self._gaussians(patch, x, out, extrinsics, gs_cameras)
         if "sky" in out:
             out["depth"] = self._fill_sky(out["depth"], out["sky"] < SKY_THRESHOLD, None)[0]
         return out
 
-    def _gaussians(self, patch: list[Tensor], x: Tensor, out: dict, gt_extrinsics: Tensor | None):
+    def _gaussians(self, patch, x: Tensor, out: dict, gt_extrinsics: Tensor | None, cameras=None):
         from da3_splat.model.gs_adapter import raw_to_gaussians
 
         H, W = x.shape[-2:]
         gs = self.gs_head(patch, H, W, images=x.float())
-        # The depth lives in the model's predicted camera frame, so the predicted cameras place the Gaussians
-        # even when GT cameras were given (those only fix the scale).
+        # By default the depth lives in the model's predicted camera frame, so the predicted cameras place the
+        # Gaussians even when GT cameras were given (those only fix the scale).
+        w2c, K = cameras if cameras is not None else (out["extrinsics"], out["intrinsics"])
         return raw_to_gaussians(
-            gs["raw"], gs["opacity"], out["depth"], out["extrinsics"], out["intrinsics"],
-            gt_extrinsics=gt_extrinsics, sh_degree=self.config.gs_sh_degree,
+            gs["raw"], gs["opacity"], out["depth"], w2c, K,
+            gt_extrinsics=None if cameras is not None else gt_extrinsics, sh_degree=self.config.gs_sh_degree,
+            planar_depth=self.config.gs_planar_depth,
         )  # fmt: skip
 
     @staticmethod

@@ -93,12 +93,16 @@ def raw_to_gaussians(
     intrinsics: Tensor,
     gt_extrinsics: Tensor | None = None,
     sh_degree: int = 2,
+    planar_depth: bool = False,
 ) -> Gaussians:
     """Turn GS-head outputs into world-space Gaussians.
 
     raw (B, S, H, W, C) linear head output without the opacity channel; opacity (B, S, H, W), already
     activated; depth (B, S, H, W); extrinsics (B, S, 3|4, 4) predicted w2c; intrinsics (B, S, 3, 3) in pixels
     of the network input; gt_extrinsics (B, S, 3|4, 4) normalised GT w2c, only used to fix the scale.
+    planar_depth: read ``depth`` as planar z-depth (what DA3's depth head predicts) and convert it to a distance
+    along the ray; the official adapter (False) uses it as the distance directly, a quirk its GS head was
+    trained around. NVS heads trained with da3-splat use True, so they need not learn the conversion.
     Returns Gaussians with leading dim B and N = S * H * W.
     """
     B, S, H, W, C = raw.shape
@@ -133,7 +137,10 @@ def raw_to_gaussians(
     # Invert in >= fp32 (bf16/fp16 have no inverse kernel and too little precision).
     inv_dtype = torch.promote_types(K_norm.dtype, torch.float32)
     K_inv = torch.linalg.inv(K_norm.to(inv_dtype)).to(raw.dtype)
-    dirs = F.normalize(torch.einsum("bsij,bshwj->bshwi", K_inv, pix), dim=-1)
+    cam_dirs = torch.einsum("bsij,bshwj->bshwi", K_inv, pix)
+    dirs = F.normalize(cam_dirs, dim=-1)
+    if planar_depth:  # z-depth -> distance along the unit ray (|K^-1 p| with p's z = 1)
+        dist = dist * cam_dirs.norm(dim=-1)
     dirs = torch.einsum("bsij,bshwj->bshwi", R, dirs)
     means = origin[:, :, None, None, :] + dirs * dist[..., None]
 

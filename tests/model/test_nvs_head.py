@@ -27,3 +27,19 @@ def test_nvs_head_width_follows_backbone_and_round_trips(tmp_path):
     torch.testing.assert_close(g2.means, g.means)
     # the official name still loads the official architecture when no config travels with it
     assert DA3.from_config("da3-small").config.gs_head is None
+
+
+def test_planar_depth_adapter_places_pixel_centres_at_their_z_depth():
+    from da3_splat.geometry import depth_to_world_points
+    from da3_splat.model.gs_adapter import num_raw_channels, raw_to_gaussians
+
+    torch.manual_seed(1)
+    B, S, H, W = 1, 2, 6, 8
+    raw = torch.zeros(B, S, H, W, num_raw_channels(1))
+    depth = torch.rand(B, S, H, W) + 1.0
+    K = torch.tensor([[7.0, 0, 4.1], [0, 6.5, 2.9], [0, 0, 1]]).expand(B, S, 3, 3)
+    w2c = torch.eye(4).repeat(B, S, 1, 1)
+    w2c[0, 1, :3, 3] = torch.tensor([0.3, -0.2, 0.5])
+    g = raw_to_gaussians(raw, torch.full((B, S, H, W), 0.5), depth, w2c, K, sh_degree=1, planar_depth=True)
+    expected = depth_to_world_points(depth, K, w2c, offset=0.5)
+    torch.testing.assert_close(g.means.reshape(B, S, H, W, 3), expected, atol=1e-5, rtol=1e-5)
