@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from da3_splat import __version__
 from da3_splat.data.synthetic import MakeSyntheticCommand
 from da3_splat.predict import PredictConfig
+from da3_splat.splat import SplatConfig
+from da3_splat.train.config import TrainConfig
 
 PROG = "da3-splat"
 DESCRIPTION = (
@@ -29,7 +31,9 @@ DEBUG_ENV = "DA3_SPLAT_DEBUG"
 # name -> (config dataclass, "module:function" that runs it; imported only when that command runs)
 SUBCOMMANDS: dict[str, tuple[type, str]] = {
     "predict": (PredictConfig, "da3_splat.predict:run_predict"),
+    "splat": (SplatConfig, "da3_splat.splat:run_splat"),
     "make-synthetic": (MakeSyntheticCommand, "da3_splat.data.synthetic:run_make_synthetic"),
+    "train": (TrainConfig, "da3_splat.train.trainer:run_train"),
 }
 # Environment problems a user can fix (permissions, a full or read-only disk): one line, no traceback.
 _USER_OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
@@ -37,6 +41,13 @@ _USER_OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.E
 
 def parse(argv: Sequence[str] | None = None):
     import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train" and not {"-h", "--help"} & set(argv[1:2]):
+        # presets: the named config becomes the default that command-line fields override
+        from da3_splat.train.config import parse_train_args
+
+        return parse_train_args(argv[1:])
 
     return tyro.extras.subcommand_cli_from_dict(
         {name: cls for name, (cls, _) in SUBCOMMANDS.items()}, prog=PROG, description=DESCRIPTION, args=argv

@@ -95,6 +95,14 @@ class Gaussians:
         return self._map(lambda t: t[key])
 
     @classmethod
+    def stack(cls, items: Sequence[Gaussians]) -> Gaussians:
+        """Stack unbatched sets of equal size and SH degree into a batch (B, N, ...)."""
+        items = list(items)
+        if not items or len({(g.num_gaussians, g.sh_degree, tuple(g.batch_shape)) for g in items}) != 1:
+            raise ValueError("Gaussians.stack needs one or more sets of the same size, SH degree and batch shape")
+        return cls(**{f.name: torch.stack([getattr(g, f.name) for g in items]) for f in fields(cls)})
+
+    @classmethod
     def cat(cls, items: Sequence[Gaussians]) -> Gaussians:
         """Concatenate along the Gaussian axis; SH is promoted to the highest degree present (zero bands)."""
         items = list(items)

@@ -84,6 +84,23 @@ def _relative_to_first(w2c: Tensor) -> tuple[Tensor, Tensor]:
     return rel, scale
 
 
+def normalize_scene(context_w2c: Tensor, *others: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
+    """Put a training sample in the frame DA3 is conditioned in: the first context camera at the identity and
+    translations divided by the median context-camera distance (``normalize_extrinsics``). ``others`` are
+    further w2c sets (B, T, 4, 4) moved the same way. Returns (context, others, scale (B,)); divide depths by
+    ``scale`` too. Per batch element, unlike ``normalize_extrinsics`` (one scale for the whole batch)."""
+    ctx = as_homogeneous(context_w2c)
+    first_inv = rigid_inverse(ctx[:, :1])
+    rel = ctx @ first_inv
+    scale = torch.stack([torch.median(camera_centers(r).norm(dim=-1)) for r in rel]).clamp(min=0.1)
+    def move(w2c: Tensor) -> Tensor:
+        out = (as_homogeneous(w2c) @ first_inv).clone()
+        out[..., :3, 3] = out[..., :3, 3] / scale[:, None, None]
+        return out
+
+    return move(ctx), [move(o) for o in others], scale
+
+
 def normalization_sim3(w2c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The similarity (R, t, s) taking the frame of ``normalize_extrinsics(w2c)`` back to the frame of ``w2c``
     (first sample of the batch): x = s R x_norm + t."""

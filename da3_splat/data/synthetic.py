@@ -40,6 +40,7 @@ import tyro
 from da3_splat.data._synth_layout import TRAJECTORIES, look_at_w2c, sample_scene
 from da3_splat.data._synth_raycast import SceneGeometry, screen_windows, shade, trace
 from da3_splat.data._synth_textures import noise_table
+from da3_splat.data.sampling import eval_views_for_cameras
 from da3_splat.errors import InputError
 
 CONTEXT_SIZES = (2, 4, 8, 12)
@@ -182,32 +183,12 @@ def render_scene(config: SyntheticConfig | None = None, seed: int | None = None)
 # Writing
 
 
-def farthest_point_indices(points: np.ndarray, k: int) -> list[int]:
-    """k indices of ``points`` by farthest-point sampling, starting from the point farthest from the mean."""
-    chosen = [int(np.linalg.norm(points - points.mean(0), axis=1).argmax())]
-    dist = np.linalg.norm(points - points[chosen[0]], axis=1)
-    while len(chosen) < min(k, len(points)):
-        chosen.append(int(dist.argmax()))
-        dist = np.minimum(dist, np.linalg.norm(points - points[chosen[-1]], axis=1))
-    return chosen
-
-
 def eval_index(w2c: np.ndarray, name: str) -> dict:
-    """Targets every 8th frame; for each k in CONTEXT_SIZES that fits, k context frames among the rest."""
-    n = len(w2c)
-    centers = np.einsum("fji,fj->fi", w2c[:, :3, :3], -w2c[:, :3, 3])  # -R^T t
-    targets = list(range(0, n, TARGET_STRIDE))
-    others = np.array([i for i in range(n) if i % TARGET_STRIDE])
-    out: dict = {
-        "scene": name,
-        "protocol": f"every {TARGET_STRIDE}th frame (index % {TARGET_STRIDE} == 0) is a target; k context views "
-        "chosen by farthest-point sampling on camera centres among the others",
-    }
-    for k in CONTEXT_SIZES:
-        if k <= len(others):
-            out[f"context_{k}"] = sorted(int(others[i]) for i in farthest_point_indices(centers[others], k))
-    out["targets"] = targets
-    return out
+    """Targets every 8th frame; for each k in CONTEXT_SIZES that fits, k context frames among the rest, chosen
+    by farthest-point sampling on camera centre and viewing direction (:mod:`da3_splat.data.sampling`)."""
+    others = sum(1 for i in range(len(w2c)) if i % TARGET_STRIDE)
+    views = eval_views_for_cameras(w2c, [k for k in CONTEXT_SIZES if k <= others], TARGET_STRIDE)
+    return {"scene": name, **views}
 
 
 def write_dl3dv_scene(scene: SyntheticScene, out_dir: str | Path, downscale: int = 4, name: str | None = None) -> Path:

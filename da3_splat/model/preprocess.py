@@ -303,6 +303,12 @@ def normalize(images_uint8: np.ndarray) -> torch.Tensor:
     return x.sub_(mean).div_(std)
 
 
+def normalize_float(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) float images in [0, 1] -> ImageNet-normalised (differentiable; for training batches)."""
+    mean, std = _stats(images)
+    return (images - mean) / std
+
+
 def denormalize(images: torch.Tensor) -> torch.Tensor:
     """Inverse of the ImageNet normalisation for (...,3,H,W) tensors, clamped to [0, 1]."""
     mean, std = _stats(images)

@@ -7,8 +7,11 @@ layout (``blocks.{i}.attn.qkv`` ...) so weights load without renaming.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from da3_splat.model.config import ViTConfig
@@ -177,6 +180,7 @@ class DinoViT(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.cfg = cfg
+        self.grad_checkpointing = False  # recompute blocks in backward (training option)
         C = cfg.dim
         self.patch_embed = PatchEmbed(cfg.patch_size, C)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
@@ -248,10 +252,13 @@ class DinoViT(nn.Module):
                     cam_token = torch.cat([tok[:, :1], tok[:, 1:].expand(-1, S - 1, -1)], dim=1).expand(B, -1, -1)
                 x = torch.cat([cam_token.to(x.dtype)[:, :, None], x[:, :, 1:]], dim=2)
             rope_on = cfg.alt_start != -1 and i >= cfg.alt_start
+            run = blk
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                run = functools.partial(torch.utils.checkpoint.checkpoint, blk, use_reentrant=False)
             if self.is_global(i):
-                x = blk(x.reshape(B, S * N, -1), rope_global if rope_on else None).view(B, S, N, -1)
+                x = run(x.reshape(B, S * N, -1), rope_global if rope_on else None).view(B, S, N, -1)
             else:
-                x = blk(x.reshape(B * S, N, -1), rope_local if rope_on else None).view(B, S, N, -1)
+                x = run(x.reshape(B * S, N, -1), rope_local if rope_on else None).view(B, S, N, -1)
                 local_x = x
             if i in cfg.out_layers:
                 outputs.append(self._head_features(local_x, x, order))

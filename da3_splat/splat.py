@@ -1,0 +1,317 @@
+"""`da3-splat splat`: images or a video in; a 3D Gaussian Splatting scene (splat.ply), its cameras, a preview and
+a rendered camera path out.
+
+Uses the checkpoint's GS head when it has one, else head-free Gaussians (one per pixel, from depth). Input
+decoding, model loading and output checks are predict's. Heavy modules are imported inside :func:`run_splat`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import tyro
+
+from da3_splat.errors import InputError
+from da3_splat.export import DEFAULT_CONF_PERCENTILE
+from da3_splat.predict import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SPLAT_FILE = "splat.ply"
+PREVIEW_FILE = "preview.png"
+PATH_DIR = "path"
+VIDEO_FILE = "path.mp4"
+SUMMARY_FILE = "splat.json"
+PREVIEW_MAX_VIEWS = 8  # input views shown in preview.png (evenly spaced)
+
+
+@dataclass
+class SplatConfig:
+    """3D Gaussian Splatting from images or a video, with Depth Anything 3 (no training).
+
+    Writes OUT/splat.ply (3DGS PLY), OUT/transforms.json + OUT/images (cameras, nerfstudio), OUT/preview.png
+    (inputs next to renders at their cameras), OUT/path/ + OUT/path.mp4 (a rendered camera path), OUT/splat.json."""
+
+    input: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="INPUT")]
+    """An image, a folder of images (not recursive), or a video (.mp4 .mov .avi .mkv .webm)."""
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",), metavar="OUT")]
+    """Output folder; it must be new or empty unless --overwrite is given."""
+    model: str = DEFAULT_MODEL
+    """Weights: Hugging Face repo id, folder with config.json + model.safetensors, .safetensors file, random:CONFIG."""
+    max_gaussians: int = 1_000_000
+    """splat.ply holds at most this many Gaussians (neighbours are merged to fit)."""
+    poses: Path | None = None
+    """Known cameras: a nerfstudio transforms.json (or its folder), matched by file name; outputs use its frame."""
+    process_res: int = 504
+    """Longest side, in pixels, of the images the network sees (then rounded to multiples of 14)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to run the model and the renderer: auto picks cuda when available."""
+    overwrite: bool = False
+    """Write into a non-empty OUT, replacing the files of a previous run."""
+    video: bool = True
+    """Render the camera path (--path) to OUT/path/ and OUT/path.mp4."""
+    path: Literal["input", "interpolate", "orbit"] = "orbit"
+    """Camera path: the input cameras, a smooth path through them, or an orbit around the scene."""
+    path_frames: int = 90
+    """Frames of the interpolated or orbit path."""
+    fps: int = 30
+    """Frame rate of path.mp4."""
+    conf_percentile: float = DEFAULT_CONF_PERCENTILE
+    """Keep the Gaussians of pixels whose depth confidence is at or above this percentile over all views."""
+    video_stride: int = 1
+    """Video input: keep every N-th frame."""
+    max_frames: int | None = None
+    """Video input: keep at most this many frames (all when not given)."""
+
+
+def _check_config(cfg: SplatConfig) -> None:
+    checks = [
+        (cfg.process_res >= 14, f"--process-res must be at least 14, got {cfg.process_res}"),
+        (cfg.max_gaussians >= 1, f"--max-gaussians must be at least 1, got {cfg.max_gaussians}"),
+        (cfg.path_frames >= 1, f"--path-frames must be at least 1, got {cfg.path_frames}"),
+        (cfg.fps >= 1, f"--fps must be at least 1, got {cfg.fps}"),
+        (0 <= cfg.conf_percentile < 100, f"--conf-percentile must be in [0, 100), got {cfg.conf_percentile}"),
+        (cfg.video_stride >= 1, f"--video-stride must be at least 1, got {cfg.video_stride}"),
+        (cfg.max_frames is None or cfg.max_frames >= 1, f"--max-frames must be at least 1, got {cfg.max_frames}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)
+
+
+def _check_inputs_kept(image_paths: list[Path], names: list[str], out: Path) -> None:
+    """Refuse an OUT where our files would replace an input image (OUT = the image folder, with --overwrite)."""
+    ours = [out / "images" / f"{n}.png" for n in names] + [out / PREVIEW_FILE]
+    ours_real = {os.path.realpath(p) for p in ours}
+    path_dir = os.path.realpath(out / PATH_DIR)
+    for p in image_paths:
+        real = os.path.realpath(p)
+        if real in ours_real or os.path.dirname(real) == path_dir:
+            raise InputError(f"writing into {out} could overwrite the input {p}; choose another output folder")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces
+
+
+def path_cameras(kind: str, w2c, K, n_frames: int, points=None):
+    """(w2c (N, 4, 4), K (N, 3, 3)) torch tensors of the camera path ``kind`` through/around the inputs."""
+    import torch
+
+    from da3_splat.geometry import as_homogeneous
+    from da3_splat.render.camera_path import interpolate_cameras, orbit_cameras, scene_center
+
+    w2c = as_homogeneous(torch.as_tensor(w2c, dtype=torch.float32))
+    K = torch.as_tensor(K, dtype=torch.float32)
+    if kind == "input":
+        return w2c, K
+    if kind == "interpolate":
+        steps = max(1, round((n_frames - 1) / (len(w2c) - 1))) if len(w2c) > 1 else 1
+        return interpolate_cameras(w2c, K, steps)
+    return orbit_cameras(w2c, K, n_frames, center=scene_center(w2c, points))
+
+
+def psnr(a, b, mask=None) -> float:
+    """PSNR (dB) of uint8 images ``a`` against ``b`` (over ``mask`` pixels when given)."""
+    import numpy as np
+
+    d = a.astype(np.float64) - b.astype(np.float64)
+    mse = float(np.mean(np.square(d[mask] if mask is not None else d))) / 255.0**2
+    return float("inf") if mse == 0 else -10.0 * float(np.log10(mse))
+
+
+def preview_sheet(inputs: np.ndarray, renders: np.ndarray) -> np.ndarray:
+    """Up to PREVIEW_MAX_VIEWS evenly spaced views, each as [input | render], two views per row."""
+    import numpy as np
+
+    from da3_splat.render.camera_path import preview_grid
+
+    S = len(inputs)
+    idx = np.unique(np.linspace(0, S - 1, min(S, PREVIEW_MAX_VIEWS)).round().astype(int))
+    pairs = np.stack([img for i in idx for img in (inputs[i], renders[i])])
+    return preview_grid(pairs, cols=4 if len(idx) > 1 else 2)
+
+
+def _remove_stale(out: Path, names: list[str], keep_path_frames: int) -> None:
+    """After --overwrite: drop a previous run's per-view images and path frames that this run did not write."""
+    import json
+
+    try:
+        old = json.loads((out / SUMMARY_FILE).read_text()).get("views", [])
+    except (OSError, ValueError, AttributeError):
+        old = []
+    for name in set(map(str, old)) - set(names):
+        if name and "/" not in name and "\\" not in name and not name.startswith("."):
+            (out / "images" / f"{name}.png").unlink(missing_ok=True)
+    for frame in (out / PATH_DIR).glob("frame_*.png") if (out / PATH_DIR).is_dir() else []:
+        stem = frame.stem[len("frame_") :]
+        if not stem.isdigit() or int(stem) > keep_path_frames:
+            frame.unlink()
+    if keep_path_frames == 0:
+        (out / VIDEO_FILE).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
+    """Run ``da3-splat splat``; returns the splat.json summary. User errors raise InputError/WeightsError.
+
+    Cheap checks (input, output folder, poses file, file-name matching) come before the model loads."""
+    import numpy as np
+    import torch
+    from rich.console import Console
+
+    from da3_splat.build import gaussians_from_prediction
+    from da3_splat.data.transforms import match_frames, read_transforms, select_cameras, transforms_file, write_transforms
+    from da3_splat.export import write_json, write_png
+    from da3_splat.model.preprocess import list_images
+    from da3_splat.ply import write_ply
+    from da3_splat.predict import (
+        _progress,
+        _status,
+        check_output_dir,
+        decode_inputs,
+        input_kind,
+        load_model,
+        resolve_device,
+        unique_names,
+        video_frame_names,
+    )
+    from da3_splat.reduce import border_mask
+    from da3_splat.render.camera_path import render_path, write_frames, write_video
+
+    console = console or Console(stderr=True, soft_wrap=True)
+    out_console = out_console or Console(soft_wrap=True, highlight=False)
+    t_start = time.perf_counter()
+    _check_config(cfg)
+    kind = input_kind(cfg.input)
+    check_output_dir(cfg.output, cfg.overwrite)
+    paths = names = None
+    if kind == "images":
+        paths = list_images(cfg.input)
+        names = unique_names(paths)
+        _check_inputs_kept(paths, names, cfg.output)
+    poses = read_transforms(cfg.poses) if cfg.poses is not None else None
+    if poses is not None and names is not None:
+        match_frames(poses[0], names, paths, transforms_file(cfg.poses))
+    device = resolve_device(cfg.device)
+
+    t0 = time.perf_counter()
+    with _status(console, f"Loading model {cfg.model} ..."):
+        model = load_model(cfg.model, device, console)
+    if not model.has_cameras:
+        raise InputError(f"{model.config.model_name} predicts no cameras; splat needs an any-view model (e.g. {DEFAULT_MODEL})")
+    timings = {"load_model": time.perf_counter() - t0}
+
+    t0 = time.perf_counter()
+    images = decode_inputs(cfg, paths, console)
+    names = names or video_frame_names(len(images))
+    timings["load_inputs"] = time.perf_counter() - t0
+    extrinsics = intrinsics = None
+    if poses is not None:
+        idx = match_frames(poses[0], names, paths, transforms_file(cfg.poses))
+        extrinsics, intrinsics, warnings = select_cameras(poses, idx, names, [im.shape[:2] for im in images])
+        for w in warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+    t0 = time.perf_counter()
+    with _status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):
+        pred = model.infer(images, extrinsics=extrinsics, intrinsics=intrinsics, process_res=cfg.process_res,
+                           infer_gs=model.has_gs_head)  # fmt: skip
+    timings["inference"] = time.perf_counter() - t0
+    del images, model
+
+    t0 = time.perf_counter()
+    with _status(console, "Building Gaussians ..."):
+        g, source = gaussians_from_prediction(pred, cfg.max_gaussians, cfg.conf_percentile, device=device)
+    if source == "gs-head":
+        out_console.print("using the model's GS head", highlight=False)
+    else:
+        out_console.print(f"no GS head in {cfg.model}: head-free Gaussians (one per pixel from depth)", highlight=False)
+    timings["build"] = time.perf_counter() - t0
+
+    out, S, (H, W) = cfg.output, pred.num_views, pred.depth.shape[1:]
+    out.mkdir(parents=True, exist_ok=True)
+    path_w2c, path_K = path_cameras(cfg.path, pred.extrinsics, pred.intrinsics, cfg.path_frames, g.means)
+    n_path = len(path_w2c) if cfg.video else 0
+    _remove_stale(out, names, n_path)
+    t0 = time.perf_counter()
+    with _progress(console) as bar:
+        task = bar.add_task("Writing outputs", total=S + 2)
+        for i, name in enumerate(names):
+            write_png(out / "images" / f"{name}.png", pred.processed_images[i])
+            bar.advance(task)
+        write_transforms(out / "transforms.json", [f"images/{n}.png" for n in names], pred.extrinsics,
+                         pred.intrinsics, [(H, W)] * S)  # fmt: skip
+        write_ply(out / SPLAT_FILE, g, overwrite=True)
+        bar.advance(task, 2)
+    with _progress(console) as bar:
+        task = bar.add_task("Rendering the input views", total=S)
+        w2c_in, K_in = torch.from_numpy(pred.extrinsics).float(), torch.from_numpy(pred.intrinsics).float()
+        renders = render_path(g, w2c_in, K_in, W, H, progress=lambda k: bar.update(task, completed=k))
+    inner = border_mask(1, H, W).reshape(H, W).numpy()
+    view_psnr = [psnr(renders[i], pred.processed_images[i], inner) for i in range(S)]
+    write_png(out / PREVIEW_FILE, preview_sheet(pred.processed_images, renders))
+    timings["preview"] = time.perf_counter() - t0
+
+    video = None
+    if cfg.video:
+        t0 = time.perf_counter()
+        with _progress(console) as bar:
+            task = bar.add_task(f"Rendering the {cfg.path} path", total=n_path)
+            frames = render_path(g, path_w2c, path_K, W, H, progress=lambda k: bar.update(task, completed=k))
+        write_frames(out / PATH_DIR, frames)
+        with _status(console, f"Encoding {VIDEO_FILE} ..."):
+            video = write_video(out / VIDEO_FILE, frames, fps=cfg.fps)
+        if video.skipped:
+            console.print(f"[yellow]warning:[/] no {VIDEO_FILE}: {video.skipped}", highlight=False)
+        timings["path"] = time.perf_counter() - t0
+
+    info = {
+        "model": cfg.model, "input": str(cfg.input), "device": device, "process_res": cfg.process_res,
+        "poses": None if cfg.poses is None else str(cfg.poses), "source": source,
+        "num_gaussians": g.num_gaussians, "max_gaussians": cfg.max_gaussians, "num_views": S,
+        "processed_size": [int(H), int(W)], "is_metric": bool(pred.is_metric),
+        "psnr_input_views_db": [round(p, 3) for p in view_psnr],
+        "path": cfg.path if cfg.video else None, "path_frames": n_path,
+        "video": None if video is None else (str(video.path.name) if video.path else None),
+        "video_skipped": None if video is None else video.skipped,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()}, "views": list(names),
+    }  # fmt: skip
+    write_json(out / SUMMARY_FILE, info)
+    report(info, out, time.perf_counter() - t_start, out_console)
+    return info
+
+
+def report(info: dict, out: Path, seconds: float, console) -> None:
+    import numpy as np
+
+    H, W = info["processed_size"]
+    units = "the units of the given poses" if info["poses"] else ("metres" if info["is_metric"] else "relative units")
+    finite = [p for p in info["psnr_input_views_db"] if np.isfinite(p)]
+    quality = f"; {np.mean(finite):.1f} dB PSNR at the input views" if finite else ""
+    console.print(
+        f"[green]Done:[/] {info['num_gaussians']:,} Gaussians ({info['source']}) from {info['num_views']} view(s) "
+        f"at {W}x{H} in {seconds:.1f} s{quality}; {units}",
+        highlight=False,
+    )
+    rows = [
+        (SPLAT_FILE, "3D Gaussians, INRIA 3DGS PLY (SuperSplat, gsplat, nerfstudio)"),
+        ("transforms.json", f"input cameras, nerfstudio convention (images in images/; ns-train ... --data {out})"),
+        (PREVIEW_FILE, "inputs next to renders at their cameras"),
+    ]
+    if info["path"]:
+        rows.append((f"{PATH_DIR}/", f"{info['path_frames']} rendered frames ({info['path']} path)"))
+        if info["video"]:
+            rows.append((VIDEO_FILE, "the path as a video"))
+    rows.append((SUMMARY_FILE, "summary and timings"))
+    console.print(f"Outputs in [bold]{out}[/]:", highlight=False)
+    for name, what in rows:
+        console.print(f"  {name:<16} {what}", highlight=False)

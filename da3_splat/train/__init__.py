@@ -1,0 +1,1 @@
+"""Training: losses, learning-rate schedules and crash-safe checkpoints."""

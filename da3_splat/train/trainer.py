@@ -1,0 +1,378 @@
+"""The training run: model set-up, data order, the optimisation loop, checkpoints, logging, DDP.
+
+One process or many (``torchrun``; NCCL on CUDA, gloo on CPU). Every process sees a disjoint slice of the same
+global batch, so N processes with batch b train exactly like one process with batch N*b. The data order is a
+pure function of (seed, step), which is what makes ``--resume`` continue exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from da3_splat.errors import InputError
+from da3_splat.train.config import CONFIG_DIR, TrainConfig, config_to_dict
+
+TRAINABLE = {  # mode -> module name prefixes that learn
+    "nvs": ("gs_head",),
+    "nvs+heads": ("gs_head", "head", "cam_dec", "cam_enc"),
+    "geometry": ("backbone", "head", "cam_dec", "cam_enc"),
+    "geometry+nvs": ("backbone", "head", "cam_dec", "cam_enc", "gs_head"),
+    "all": ("",),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Set-up
+
+
+class Dist:
+    """Rank and world size; set up from torchrun's environment variables."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def build_model(cfg: TrainConfig, device: torch.device):
+    from da3_splat.model import DA3, DA3Config
+
+    src = cfg.model.weights
+    if src.startswith("arch:"):
+        path = Path(src[5:])
+        if not path.exists() and (CONFIG_DIR / path).exists():  # presets name files in configs/
+            path = CONFIG_DIR / path
+        try:
+            arch = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"--model.weights {src}: cannot read the architecture ({e})") from None
+        model = DA3(DA3Config.from_dict(arch))
+    elif src.startswith("random:"):
+        model = DA3.from_config(src[7:])
+    else:
+        model = DA3.from_pretrained(src)
+    if cfg.model.model_name:
+        from dataclasses import replace
+
+        model.config = replace(model.config, model_name=cfg.model.model_name)
+    if "nvs" in cfg.train or cfg.train == "all":
+        if model.config.is_nested:
+            raise InputError("train the any-view model of a nested checkpoint, not the nested wrapper")
+        if not model.has_gs_head:
+            model.add_nvs_head(cfg.model.nvs_features, cfg.model.sh_degree)
+    prefixes = TRAINABLE[cfg.train]
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(name.startswith(pre) for pre in prefixes))
+    model.backbone.grad_checkpointing = cfg.grad_checkpointing
+    return model.to(device)
+
+
+def train_mode(model, cfg: TrainConfig):
+    """Frozen parts stay in eval mode (no dropout here, but keeps the intent explicit)."""
+    model.eval()
+    for name, module in model.named_children():
+        if any(name.startswith(p) or p == "" for p in TRAINABLE[cfg.train]):
+            module.train()
+
+
+def param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or "token" in name or "pos_embed" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def scene_list(roots) -> list[Path]:
+    from da3_splat.data.dl3dv import find_scenes
+
+    scenes = []
+    for r in roots:
+        if not Path(r).exists():
+            raise InputError(f"data folder {r} does not exist")
+        scenes += find_scenes(r)
+    if not scenes:
+        raise InputError(f"no scenes (transforms.json) under {', '.join(map(str, roots))}")
+    return scenes
+
+
+def check_output(cfg: TrainConfig) -> None:
+    out = cfg.output
+    has_run = (out / "checkpoints").exists() or (out / "model").exists()
+    if has_run and not (cfg.resume or cfg.overwrite):
+        raise InputError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start afresh")
+    if cfg.resume and not (out / "checkpoints").exists():
+        raise InputError(f"--resume: no checkpoints in {out}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data order
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Yields, for each step from ``start``, this rank's ``(epoch, item)`` pairs. The dataset shuffles per epoch
+    and draws the view counts per block of ``global_batch`` items, so a global batch is the consecutive items
+    [k G, (k+1) G) of its epoch and rank r takes its slice of them."""
+
+    def __init__(self, items_per_epoch: int, global_batch: int, rank: int, per_rank: int, start: int, stop: int):
+        self.per_epoch = max(1, items_per_epoch // global_batch)
+        self.g, self.rank, self.per_rank, self.start, self.stop = global_batch, rank, per_rank, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            epoch, k = divmod(step, self.per_epoch)
+            first = k * self.g + self.rank * self.per_rank
+            yield [(epoch, i) for i in range(first, first + self.per_rank)]
+
+
+class EpochItems(torch.utils.data.Dataset):
+    """``dataset[(epoch, i)]``: item i of that epoch (works inside DataLoader workers, which hold copies)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[i]
+
+
+# --------------------------------------------------------------------------------------------------
+# One step
+
+
+def compute_loss(model, batch, cfg: TrainConfig, posed: bool, lpips_fn=None) -> tuple[torch.Tensor, dict, dict]:
+    """Loss of one (per-process) batch -> (loss, scalar parts, outputs for logging)."""
+    from da3_splat.train import losses
+    from da3_splat.train.nvs import gaussian_depth_in_context, predict, render_views
+
+    geometry = cfg.train in ("geometry", "geometry+nvs", "all") or cfg.train == "nvs+heads" and cfg.loss.geometry > 0
+    geometry = geometry and batch.context_depth is not None and cfg.loss.geometry > 0
+    nvs = cfg.train != "geometry"
+    out = predict(model, batch, posed=posed, geometry=geometry, nvs=nvs)
+    total = torch.zeros((), device=batch.context_images.device)
+    parts: dict[str, float] = {}
+    if nvs:
+        H, W = batch.target_images.shape[-2:]
+        rgb, _ = render_views(out["gaussians"], batch.target_w2c, batch.target_K, H, W)
+        out["render"] = rgb
+        photo, p = losses.photometric_loss(rgb.flatten(0, 1), batch.target_images.flatten(0, 1), cfg.loss.ssim)
+        total = total + photo
+        parts.update({f"nvs/{k}": float(v) for k, v in p.items()})
+        if lpips_fn is not None and cfg.loss.lpips > 0:
+            lp = lpips_fn(rgb.flatten(0, 1), batch.target_images.flatten(0, 1)).mean()
+            total = total + cfg.loss.lpips * lp
+            parts["nvs/lpips"] = float(lp)
+        if cfg.loss.depth > 0:
+            S, H, W = batch.context_images.shape[1], *batch.context_images.shape[-2:]
+            z = gaussian_depth_in_context(out["gaussians"], batch.context_w2c, (S, H, W))
+            d = losses.depth_consistency_loss(z, out["depth"].detach())
+            total = total + cfg.loss.depth * d
+            parts["nvs/depth"] = float(d)
+    if geometry:
+        # GT in the batch's normalised frame (first context camera, median camera distance 1): the frame DA3 is
+        # conditioned in, so posed and pose-free samples share one depth scale.
+        gt = {"depth": batch.context_depth, "extrinsics": batch.context_w2c, "intrinsics": batch.context_K}
+        g, p = losses.geometry_losses(out, gt, normalize=False)
+        total = total + cfg.loss.geometry * g
+        parts.update({f"geometry/{k}": float(v) for k, v in p.items()})
+    parts["loss"] = float(total)
+    return total, parts, out
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+def _autocast(device: torch.device, bf16: bool):
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _writer(cfg: TrainConfig, console):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        console.print("[yellow]note:[/] tensorboard is not installed: no TensorBoard logs (metrics.jsonl only)")
+        return None
+    return SummaryWriter(str(cfg.output / "tensorboard"))
+
+
+def run_train(cfg: TrainConfig, console=None) -> dict:
+    """Train as configured; returns a summary dict (also written to OUTPUT/summary.json)."""
+    from rich.console import Console
+
+    from da3_splat.data.dataset import NVSDataset, collate
+    from da3_splat.eval import load_lpips, lpips_status
+    from da3_splat.train.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+    from da3_splat.train.nvs import SceneBatch
+    from da3_splat.train.schedule import warmup_cosine
+
+    console = console or Console(stderr=True)
+    if cfg.data.height % 14 or cfg.data.width % 14:
+        raise InputError(f"--data.height/--data.width must be multiples of 14, got {cfg.data.height}x{cfg.data.width}")
+    if not cfg.data.train:
+        raise InputError("no training data: pass --data.train FOLDER [FOLDER ...] (or use a preset that sets it)")
+    env = Dist(torch.device("cpu"))
+    device = resolve_device(cfg.device, env.local_rank)
+    if env.world > 1 and device.type == "cuda" and not dist.is_initialized():
+        env = Dist(device)
+    if env.main:
+        check_output(cfg)
+    env.barrier()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    per_rank, global_batch = cfg.optim.batch_size, cfg.optim.batch_size * env.world
+    scenes = scene_list(cfg.data.train)
+    dataset = NVSDataset(
+        scenes, size=(cfg.data.height, cfg.data.width), num_context=cfg.data.context_views,
+        num_targets=cfg.data.target_views, window=cfg.data.window, downscale=cfg.data.downscale, seed=cfg.seed,
+        batch_size=global_batch, items_per_epoch=max(global_batch, len(scenes) // global_batch * global_batch),
+    )  # fmt: skip
+    model = build_model(cfg, device)
+    ddp_model = model
+    if env.world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(0.9, 0.95))
+    scheduler = warmup_cosine(optimizer, cfg.optim.warmup, cfg.steps)
+    lpips_fn = load_lpips(device) if cfg.loss.lpips > 0 else None
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    start_step = 0
+    ckpt_dir = cfg.output / "checkpoints"
+    if cfg.resume:
+        ckpt = load_checkpoint(latest_checkpoint(ckpt_dir))
+        model.load_state_dict(ckpt.model_state, strict=True)
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        scheduler.load_state_dict(ckpt.scheduler_state)
+        restore_rng(ckpt)
+        start_step = ckpt.step
+    if env.main:
+        cfg.output.mkdir(parents=True, exist_ok=True)
+        (cfg.output / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        console.print(
+            f"training {cfg.train} of {model.config.model_name}: {n_train / 1e6:.2f} M trainable parameters, "
+            f"{len(dataset)} samples from {len(dataset.scenes)} scenes, {env.world} process(es) on {device.type}; "
+            f"LPIPS: {'used' if lpips_fn is not None else lpips_status() if cfg.loss.lpips > 0 else 'off'}",
+            highlight=False,
+        )
+    writer = _writer(cfg, console) if env.main else None
+    sampler = StepBatches(len(dataset), global_batch, env.rank, per_rank, start_step, cfg.steps)
+    loader = torch.utils.data.DataLoader(
+        EpochItems(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.workers,
+        persistent_workers=False, pin_memory=False,
+    )  # fmt: skip
+    batches = iter(loader)
+    pose_rng_seed = cfg.seed + 7919
+    t0, last = time.perf_counter(), {}
+    progress = _progress(console, cfg.progress and env.main)
+    task = progress.add_task("train", total=cfg.steps, completed=start_step)
+    step = start_step
+    with progress:
+        while step < cfg.steps:
+            epoch = step // sampler.per_epoch
+            sample = next(batches)
+            batch = SceneBatch.from_dataset(sample, device)
+            posed = bool(np.random.default_rng([pose_rng_seed, step]).random() < cfg.posed)
+            train_mode(model, cfg)
+            with _autocast(device, cfg.bf16):
+                loss, parts, out = compute_loss(ddp_model, batch, cfg, posed, lpips_fn)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.clip > 0:
+                parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip))
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            last = parts
+            progress.update(task, advance=1, description=f"train loss {parts['loss']:.4f}")
+            if env.main and (step % cfg.log_every == 0 or step == cfg.steps):
+                _log(cfg, writer, step, {**parts, "lr": scheduler.get_last_lr()[0], "posed": float(posed)})
+            if env.main and writer is not None and "render" in out and (step % cfg.images_every == 0):
+                _log_images(writer, step, batch, out["render"])
+            out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 > cfg.max_minutes
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+                if env.main:
+                    save_checkpoint(
+                        ckpt_dir, step, model.state_dict(), optimizer, scheduler,
+                        {"epoch": epoch, "config": config_to_dict(cfg)}, keep=cfg.keep_checkpoints,
+                    )  # fmt: skip
+                env.barrier()
+            if out_of_time:
+                break
+    summary = {"steps": step, "seconds": time.perf_counter() - t0, "last": last, "processes": env.world}
+    if env.main:
+        model.save_pretrained(cfg.output / "model", overwrite=True)
+        (cfg.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        console.print(f"done: {step} steps in {summary['seconds'] / 60:.1f} min; model in {cfg.output / 'model'}")
+    if writer is not None:
+        writer.close()
+    env.barrier()
+    return summary
+
+
+def _progress(console, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn())  # fmt: skip
+    return Progress(*cols, console=console, transient=False, disable=not (enabled and console.is_terminal))
+
+
+def _log(cfg: TrainConfig, writer, step: int, scalars: dict) -> None:
+    scalars = {k: v for k, v in scalars.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    with open(cfg.output / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **scalars}) + "\n")
+    if writer is not None:
+        for k, v in scalars.items():
+            writer.add_scalar(k, v, step)
+
+
+def _log_images(writer, step: int, batch, render: torch.Tensor) -> None:
+    """One grid per logged step: first sample's context views, then targets over their renders."""
+    ctx = batch.context_images[0]
+    tgt, ren = batch.target_images[0], render[0].detach().clamp(0, 1)
+    rows = [torch.cat(list(ctx), dim=-1), torch.cat(list(tgt), dim=-1), torch.cat(list(ren), dim=-1)]
+    width = max(r.shape[-1] for r in rows)
+    rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
+    writer.add_image("views/context_target_render", torch.cat(rows, dim=-2).cpu(), step)
