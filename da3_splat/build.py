@@ -45,8 +45,9 @@ HEADFREE_OPACITY = 0.95
 OPACITY_REF_PERCENTILE = 50.0
 
 
-def confidence_to_opacity(conf: Tensor, max_opacity: float = HEADFREE_OPACITY,
-                          ref_percentile: float = OPACITY_REF_PERCENTILE) -> Tensor:
+def confidence_to_opacity(
+    conf: Tensor, max_opacity: float = HEADFREE_OPACITY, ref_percentile: float = OPACITY_REF_PERCENTILE
+) -> Tensor:
     """DA3 depth confidence (>= 1) -> opacity in [0, max_opacity], monotone non-decreasing:
     ``max_opacity * clamp((conf - 1) / (ref - 1), 0, 1)`` with ``ref`` the ``ref_percentile``-th percentile.
 
@@ -150,7 +151,9 @@ def gaussians_from_prediction(
         g.opacities = g.opacities.clamp(max=_MAX_OPACITY)
     else:
         if pred.extrinsics is None or pred.intrinsics is None:
-            raise InputError("this model predicts no cameras, so its depth cannot be placed in 3D; use an any-view model")
+            raise InputError(
+                "this model predicts no cameras, so its depth cannot be placed in 3D; use an any-view model"
+            )
         images = torch.from_numpy(np.ascontiguousarray(pred.processed_images)).to(device)
         w2c = torch.from_numpy(np.asarray(pred.extrinsics, np.float32)).to(device)
         K = torch.from_numpy(np.asarray(pred.intrinsics, np.float32)).to(device)

@@ -19,6 +19,7 @@ from da3_splat import __version__
 from da3_splat.data.synthetic import MakeSyntheticCommand
 from da3_splat.predict import PredictConfig
 from da3_splat.splat import SplatConfig
+from da3_splat.eval_protocol import EvalConfig
 from da3_splat.train.config import TrainConfig
 
 PROG = "da3-splat"
@@ -34,6 +35,7 @@ SUBCOMMANDS: dict[str, tuple[type, str]] = {
     "splat": (SplatConfig, "da3_splat.splat:run_splat"),
     "make-synthetic": (MakeSyntheticCommand, "da3_splat.data.synthetic:run_make_synthetic"),
     "train": (TrainConfig, "da3_splat.train.trainer:run_train"),
+    "eval": (EvalConfig, "da3_splat.eval_protocol:run_eval"),
 }
 # Environment problems a user can fix (permissions, a full or read-only disk): one line, no traceback.
 _USER_OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}

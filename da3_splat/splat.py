@@ -7,6 +7,7 @@ decoding, model loading and output checks are predict's. Heavy modules are impor
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -156,6 +157,62 @@ def _remove_stale(out: Path, names: list[str], keep_path_frames: int) -> None:
         (out / VIDEO_FILE).unlink(missing_ok=True)
 
 
+def _write_scene(out: Path, pred, names: list[str], g, console) -> None:
+    """images/<name>.png, transforms.json (the input cameras) and splat.ply."""
+    from da3_splat.data.transforms import write_transforms
+    from da3_splat.export import write_png
+    from da3_splat.ply import write_ply
+    from da3_splat.predict import _progress
+
+    S, H, W = pred.depth.shape
+    with _progress(console) as bar:
+        task = bar.add_task("Writing outputs", total=S + 2)
+        for i, name in enumerate(names):
+            write_png(out / "images" / f"{name}.png", pred.processed_images[i])
+            bar.advance(task)
+        write_transforms(out / "transforms.json", [f"images/{n}.png" for n in names], pred.extrinsics,
+                         pred.intrinsics, [(H, W)] * S)  # fmt: skip
+        write_ply(out / SPLAT_FILE, g, overwrite=True)
+        bar.advance(task, 2)
+
+
+def _write_preview(out: Path, pred, g, console) -> list[float]:
+    """Render the input views, write preview.png; -> PSNR per view inside the trimmed border (what is kept)."""
+    import torch
+
+    from da3_splat.export import write_png
+    from da3_splat.predict import _progress
+    from da3_splat.reduce import border_mask
+    from da3_splat.render.camera_path import render_path
+
+    S, H, W = pred.depth.shape
+    w2c, K = torch.from_numpy(pred.extrinsics).float(), torch.from_numpy(pred.intrinsics).float()
+    with _progress(console) as bar:
+        task = bar.add_task("Rendering the input views", total=S)
+        renders = render_path(g, w2c, K, W, H, progress=lambda k: bar.update(task, completed=k))
+    write_png(out / PREVIEW_FILE, preview_sheet(pred.processed_images, renders))
+    inner = border_mask(1, H, W).reshape(H, W).numpy()
+    return [psnr(renders[i], pred.processed_images[i], inner) for i in range(S)]
+
+
+def _write_path(out: Path, g, cams, size: tuple[int, int], cfg: SplatConfig, console):
+    """Render the camera path into path/ and path.mp4; -> the VideoResult (a stale video goes when skipped)."""
+    from da3_splat.predict import _progress, _status
+    from da3_splat.render.camera_path import render_path, write_frames, write_video
+
+    (w2c, K), (H, W) = cams, size
+    with _progress(console) as bar:
+        task = bar.add_task(f"Rendering the {cfg.path} path", total=len(w2c))
+        frames = render_path(g, w2c, K, W, H, progress=lambda k: bar.update(task, completed=k))
+    write_frames(out / PATH_DIR, frames)
+    with _status(console, f"Encoding {VIDEO_FILE} ..."):
+        video = write_video(out / VIDEO_FILE, frames, fps=cfg.fps)
+    if video.skipped:
+        (out / VIDEO_FILE).unlink(missing_ok=True)  # a previous run's video would not match these frames
+        console.print(f"[yellow]warning:[/] no {VIDEO_FILE}: {video.skipped}", highlight=False)
+    return video
+
+
 # --------------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -164,17 +221,13 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
     """Run ``da3-splat splat``; returns the splat.json summary. User errors raise InputError/WeightsError.
 
     Cheap checks (input, output folder, poses file, file-name matching) come before the model loads."""
-    import numpy as np
-    import torch
     from rich.console import Console
 
     from da3_splat.build import gaussians_from_prediction
-    from da3_splat.data.transforms import match_frames, read_transforms, select_cameras, transforms_file, write_transforms
-    from da3_splat.export import write_json, write_png
+    from da3_splat.data.transforms import match_frames, read_transforms, select_cameras, transforms_file
+    from da3_splat.export import write_json
     from da3_splat.model.preprocess import list_images
-    from da3_splat.ply import write_ply
     from da3_splat.predict import (
-        _progress,
         _status,
         check_output_dir,
         decode_inputs,
@@ -184,8 +237,6 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
         unique_names,
         video_frame_names,
     )
-    from da3_splat.reduce import border_mask
-    from da3_splat.render.camera_path import render_path, write_frames, write_video
 
     console = console or Console(stderr=True, soft_wrap=True)
     out_console = out_console or Console(soft_wrap=True, highlight=False)
@@ -207,7 +258,9 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
     with _status(console, f"Loading model {cfg.model} ..."):
         model = load_model(cfg.model, device, console)
     if not model.has_cameras:
-        raise InputError(f"{model.config.model_name} predicts no cameras; splat needs an any-view model (e.g. {DEFAULT_MODEL})")
+        raise InputError(
+            f"{model.config.model_name} predicts no cameras; splat needs an any-view model (e.g. {DEFAULT_MODEL})"
+        )
     timings = {"load_model": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
@@ -239,39 +292,17 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
 
     out, S, (H, W) = cfg.output, pred.num_views, pred.depth.shape[1:]
     out.mkdir(parents=True, exist_ok=True)
-    path_w2c, path_K = path_cameras(cfg.path, pred.extrinsics, pred.intrinsics, cfg.path_frames, g.means)
-    n_path = len(path_w2c) if cfg.video else 0
+    cams = path_cameras(cfg.path, pred.extrinsics, pred.intrinsics, cfg.path_frames, g.means) if cfg.video else None
+    n_path = 0 if cams is None else len(cams[0])
     _remove_stale(out, names, n_path)
     t0 = time.perf_counter()
-    with _progress(console) as bar:
-        task = bar.add_task("Writing outputs", total=S + 2)
-        for i, name in enumerate(names):
-            write_png(out / "images" / f"{name}.png", pred.processed_images[i])
-            bar.advance(task)
-        write_transforms(out / "transforms.json", [f"images/{n}.png" for n in names], pred.extrinsics,
-                         pred.intrinsics, [(H, W)] * S)  # fmt: skip
-        write_ply(out / SPLAT_FILE, g, overwrite=True)
-        bar.advance(task, 2)
-    with _progress(console) as bar:
-        task = bar.add_task("Rendering the input views", total=S)
-        w2c_in, K_in = torch.from_numpy(pred.extrinsics).float(), torch.from_numpy(pred.intrinsics).float()
-        renders = render_path(g, w2c_in, K_in, W, H, progress=lambda k: bar.update(task, completed=k))
-    inner = border_mask(1, H, W).reshape(H, W).numpy()
-    view_psnr = [psnr(renders[i], pred.processed_images[i], inner) for i in range(S)]
-    write_png(out / PREVIEW_FILE, preview_sheet(pred.processed_images, renders))
+    _write_scene(out, pred, names, g, console)
+    view_psnr = _write_preview(out, pred, g, console)
     timings["preview"] = time.perf_counter() - t0
-
     video = None
-    if cfg.video:
+    if cams is not None:
         t0 = time.perf_counter()
-        with _progress(console) as bar:
-            task = bar.add_task(f"Rendering the {cfg.path} path", total=n_path)
-            frames = render_path(g, path_w2c, path_K, W, H, progress=lambda k: bar.update(task, completed=k))
-        write_frames(out / PATH_DIR, frames)
-        with _status(console, f"Encoding {VIDEO_FILE} ..."):
-            video = write_video(out / VIDEO_FILE, frames, fps=cfg.fps)
-        if video.skipped:
-            console.print(f"[yellow]warning:[/] no {VIDEO_FILE}: {video.skipped}", highlight=False)
+        video = _write_path(out, g, cams, (H, W), cfg, console)
         timings["path"] = time.perf_counter() - t0
 
     info = {
@@ -279,7 +310,7 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
         "poses": None if cfg.poses is None else str(cfg.poses), "source": source,
         "num_gaussians": g.num_gaussians, "max_gaussians": cfg.max_gaussians, "num_views": S,
         "processed_size": [int(H), int(W)], "is_metric": bool(pred.is_metric),
-        "psnr_input_views_db": [round(p, 3) for p in view_psnr],
+        "psnr_input_views_db": [round(p, 3) if math.isfinite(p) else None for p in view_psnr],
         "path": cfg.path if cfg.video else None, "path_frames": n_path,
         "video": None if video is None else (str(video.path.name) if video.path else None),
         "video_skipped": None if video is None else video.skipped,
@@ -291,12 +322,10 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
 
 
 def report(info: dict, out: Path, seconds: float, console) -> None:
-    import numpy as np
-
     H, W = info["processed_size"]
     units = "the units of the given poses" if info["poses"] else ("metres" if info["is_metric"] else "relative units")
-    finite = [p for p in info["psnr_input_views_db"] if np.isfinite(p)]
-    quality = f"; {np.mean(finite):.1f} dB PSNR at the input views" if finite else ""
+    finite = [p for p in info["psnr_input_views_db"] if p is not None]
+    quality = f"; {sum(finite) / len(finite):.1f} dB PSNR at the input views" if finite else ""
     console.print(
         f"[green]Done:[/] {info['num_gaussians']:,} Gaussians ({info['source']}) from {info['num_views']} view(s) "
         f"at {W}x{H} in {seconds:.1f} s{quality}; {units}",

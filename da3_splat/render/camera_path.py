@@ -19,7 +19,13 @@ import torch
 from torch import Tensor
 
 from da3_splat.gaussians import Gaussians
-from da3_splat.geometry import as_homogeneous, matrix_to_quat_wxyz, quat_wxyz_to_xyzw, quat_xyzw_to_matrix, rigid_inverse
+from da3_splat.geometry import (
+    as_homogeneous,
+    matrix_to_quat_wxyz,
+    quat_wxyz_to_xyzw,
+    quat_xyzw_to_matrix,
+    rigid_inverse,
+)
 
 # Smallest eigenvalue (per camera) of sum(I - d d^T) over the optical axes d for their closest point to count as
 # a look-at point: ~ sin^2 of their angular spread, so 0.02 asks for axes spread by about 8 degrees or more.
@@ -60,9 +66,7 @@ def _slerp(q0: Tensor, q1: Tensor, t: Tensor) -> Tensor:
 def _catmull_rom(p0: Tensor, p1: Tensor, p2: Tensor, p3: Tensor, t: Tensor) -> Tensor:
     """Uniform Catmull-Rom segment from p1 (t = 0) to p2 (t = 1), at fractions t (T,) -> (T, 3)."""
     t = t[:, None]
-    return 0.5 * (
-        2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (3 * p1 - p0 - 3 * p2 + p3) * t**3
-    )
+    return 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (3 * p1 - p0 - 3 * p2 + p3) * t**3)
 
 
 def _look_at(eye: Tensor, target: Tensor, up: Tensor, down_hint: Tensor) -> Tensor:

@@ -198,13 +198,13 @@ def compute_loss(model, batch, cfg: TrainConfig, posed: bool, lpips_fn=None) -> 
         if lpips_fn is not None and cfg.loss.lpips > 0:
             lp = lpips_fn(rgb.flatten(0, 1), batch.target_images.flatten(0, 1)).mean()
             total = total + cfg.loss.lpips * lp
-            parts["nvs/lpips"] = float(lp)
+            parts["nvs/lpips"] = float(lp.detach())
         if cfg.loss.depth > 0:
             S, H, W = batch.context_images.shape[1], *batch.context_images.shape[-2:]
             z = gaussian_depth_in_context(out["gaussians"], batch.context_w2c, (S, H, W))
             d = losses.depth_consistency_loss(z, out["depth"].detach())
             total = total + cfg.loss.depth * d
-            parts["nvs/depth"] = float(d)
+            parts["nvs/depth"] = float(d.detach())
     if geometry:
         # GT in the batch's normalised frame (first context camera, median camera distance 1): the frame DA3 is
         # conditioned in, so posed and pose-free samples share one depth scale.
@@ -212,7 +212,7 @@ def compute_loss(model, batch, cfg: TrainConfig, posed: bool, lpips_fn=None) -> 
         g, p = losses.geometry_losses(out, gt, normalize=False)
         total = total + cfg.loss.geometry * g
         parts.update({f"geometry/{k}": float(v) for k, v in p.items()})
-    parts["loss"] = float(total)
+    parts["loss"] = float(total.detach())
     return total, parts, out
 
 

@@ -1,0 +1,207 @@
+"""Evaluation protocols: feed-forward novel-view synthesis on held-out scenes (``da3-splat eval``).
+
+For every scene a fixed set of context and target views (an index file, or each scene's own eval_index.json:
+every 8th frame a target, farthest-point context views) goes through DA3; the NVS head's Gaussians and the
+head-free baseline (one Gaussian per pixel from the model's own depth) are rendered at the targets and scored
+with PSNR / SSIM (and LPIPS when its weights are on disk). Posed: the context cameras condition DA3 and place
+the Gaussians. Pose-free: predicted cameras, aligned to the GT context cameras before rendering the targets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+import tyro
+from torch import Tensor
+
+from da3_splat.errors import InputError
+from da3_splat.eval import load_lpips, lpips_status, psnr, ssim
+from da3_splat.gaussians import Gaussians
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    return (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+@dataclass
+class EvalConfig:
+    """Novel-view synthesis on held-out scenes: PSNR / SSIM (LPIPS when its weights are on disk) on target views,
+    posed and pose-free, with the head-free Gaussians as the baseline. Writes OUT/metrics.json and a grid per scene."""
+
+    scenes: Annotated[tuple[Path, ...], tyro.conf.Positional, tyro.conf.arg(metavar="SCENES")]
+    """Scene folders or folders of scenes (DL3DV layouts, synthetic)."""
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
+    """Output folder (new or empty unless --overwrite)."""
+    model: str = "da3-tiny-synthetic"
+    """Weights: Hugging Face repo id, folder, .safetensors file, a bundled name, random:CONFIG."""
+    index: Path | None = None
+    """Evaluation index JSON ({scene: {context: [...], targets: [...]}}); default: each scene's eval_index.json
+    (its context_N entry), else every 8th frame a target and N farthest-point context views."""
+    context_views: int = 4
+    """N: context views per scene when the index gives several sets."""
+    modes: tuple[Literal["posed", "pose-free"], ...] = ("posed", "pose-free")
+    height: int = 126
+    """Evaluation height (multiple of 14); images are resized to cover it and centre-cropped."""
+    width: int = 224
+    downscale: int | None = 4
+    """Read images_N of each scene."""
+    baseline: bool = True
+    """Also score the head-free Gaussians built from the model's own depth."""
+    max_scenes: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    overwrite: bool = False
+
+
+@dataclass
+class MethodResult:
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    lpips: list[float] = field(default_factory=list)
+    gaussians: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def add(self, scores: dict) -> None:
+        self.psnr.append(scores["psnr"])
+        self.ssim.append(scores["ssim"])
+        if "lpips" in scores:
+            self.lpips.append(scores["lpips"])
+        self.gaussians.append(scores["gaussians"])
+        self.seconds.append(scores["seconds"])
+
+    def summary(self) -> dict:
+        mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
+        return {"psnr": mean(self.psnr), "ssim": mean(self.ssim), "lpips": mean(self.lpips),
+                "gaussians": mean(self.gaussians), "seconds_per_scene": mean(self.seconds), "scenes": len(self.psnr)}  # fmt: skip
+
+
+def depth_abs_rel(pred: Tensor, gt: Tensor) -> tuple[float, float]:
+    """Median-aligned AbsRel of ``pred`` and of the constant-depth baseline (the GT median everywhere)."""
+    valid = (gt > 0) & torch.isfinite(gt)
+    p, g = pred[valid], gt[valid]
+    p = p * (g.median() / p.median().clamp(min=1e-8))
+    const = torch.full_like(g, float(g.median()))
+    return float(((p - g).abs() / g).mean()), float(((const - g).abs() / g).mean())
+
+
+@torch.inference_mode()
+def evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn=None) -> dict:
+    """Scores of the model's NVS head (when it has one) and of the head-free baseline on one scene batch."""
+    from da3_splat.build import headfree_gaussians
+    from da3_splat.train.nvs import first_camera_alignment, predict, render_views
+
+    posed = mode == "posed"
+    H, W = batch.target_images.shape[-2:]
+    result, renders = {}, {}
+    t0 = time.perf_counter()
+    out = predict(model, batch, posed=posed, nvs=model.has_gs_head)
+    t_model = time.perf_counter() - t0
+    methods = []
+    if model.has_gs_head:
+        methods.append(("nvs-head", out["gaussians"], t_model))
+    if baseline:
+        t1 = time.perf_counter()
+        if posed:
+            w2c, K = batch.context_w2c, batch.context_K
+        else:
+            R, t, s = first_camera_alignment(out["extrinsics"], batch.context_w2c)
+            from da3_splat.geometry import apply_sim3_to_w2c
+
+            w2c = torch.stack([apply_sim3_to_w2c(out["extrinsics"][b], R[b], t[b], s[b]) for b in range(len(R))])
+            K = out["intrinsics"]
+        depth = out["depth"] * (s[:, None, None, None] if not posed else 1.0)
+        g = Gaussians.stack([
+            headfree_gaussians(depth[b], batch.context_images[b].permute(0, 2, 3, 1), w2c[b], K[b], out["depth_conf"][b])
+            for b in range(depth.shape[0])
+        ])  # fmt: skip
+        methods.append(("head-free", g, t_model + time.perf_counter() - t1))
+    for name, g, secs in methods:
+        t2 = time.perf_counter()
+        rgb, _ = render_views(g, batch.target_w2c, batch.target_K, H, W)
+        rgb, tgt = rgb.flatten(0, 1).clamp(0, 1), batch.target_images.flatten(0, 1)
+        scores = {"psnr": float(psnr(rgb, tgt).mean()), "ssim": float(ssim(rgb, tgt).mean())}
+        if lpips_fn is not None:
+            scores["lpips"] = float(lpips_fn(rgb, tgt).mean())
+        scores["gaussians"] = int(g.num_gaussians)
+        scores["seconds"] = secs + time.perf_counter() - t2
+        result[name] = scores
+        renders[name] = rgb
+    if batch.context_depth is not None:
+        rel, const = depth_abs_rel(out["depth"], batch.context_depth)
+        result["depth"] = {"abs_rel": rel, "abs_rel_constant": const}
+    return {"scores": result, "renders": renders}
+
+
+def run_eval(cfg: EvalConfig, console=None) -> dict:
+    from rich.console import Console
+
+    from da3_splat.data.dataset import NVSDataset, collate
+    from da3_splat.export import write_json, write_png
+    from da3_splat.predict import check_output_dir, load_model, resolve_device
+    from da3_splat.train.nvs import SceneBatch
+    from da3_splat.train.trainer import scene_list
+
+    console = console or Console(stderr=True)
+    if cfg.height % 14 or cfg.width % 14:
+        raise InputError(f"--height/--width must be multiples of 14, got {cfg.height}x{cfg.width}")
+    paths = scene_list(cfg.scenes)[: cfg.max_scenes]
+    check_output_dir(cfg.output, cfg.overwrite)
+    device = resolve_device(cfg.device)
+    model = load_model(cfg.model, device, console).eval()
+    data = NVSDataset.for_evaluation(
+        paths, size=(cfg.height, cfg.width), index=cfg.index, num_context=cfg.context_views, downscale=cfg.downscale
+    )
+    lpips_fn = load_lpips(device)
+    console.print(
+        f"evaluating {cfg.model} on {len(paths)} scene(s), modes {', '.join(cfg.modes)}; NVS head: "
+        f"{'yes' if model.has_gs_head else 'no'}; LPIPS: {'used' if lpips_fn is not None else lpips_status()}",
+        highlight=False,
+    )
+    totals = {m: {} for m in cfg.modes}
+    per_scene = {}
+    depth_rel, depth_const = [], []
+    for i in range(len(data)):
+        item = data[i]
+        scene = item["scene"]
+        batch = SceneBatch.from_dataset(collate([item]), device)
+        per_scene[scene] = {"context": item["context_indices"].tolist(), "targets": item["target_indices"].tolist()}
+        grid_rows = [batch.target_images[0]]
+        for mode in cfg.modes:
+            res = evaluate_scene(model, batch, mode, cfg.baseline, lpips_fn)
+            per_scene[scene][mode] = res["scores"]
+            for method, scores in res["scores"].items():
+                if method == "depth":
+                    continue
+                totals[mode].setdefault(method, MethodResult()).add(scores)
+                grid_rows.append(res["renders"][method])
+            if mode == cfg.modes[0] and "depth" in res["scores"]:
+                depth_rel.append(res["scores"]["depth"]["abs_rel"])
+                depth_const.append(res["scores"]["depth"]["abs_rel_constant"])
+        grid = torch.cat([torch.cat(list(r), dim=-1) for r in grid_rows], dim=-2)
+        write_png(cfg.output / "grids" / f"{scene}.png", to_uint8(grid))
+        line = "  ".join(
+            f"{mode}/{method} {s['psnr']:.2f} dB" for mode in cfg.modes for method, s in per_scene[scene][mode].items()
+            if method != "depth"
+        )  # fmt: skip
+        console.print(f"{scene}: {line}", highlight=False)
+    summary = {
+        "model": cfg.model, "scenes": len(paths), "size": [cfg.height, cfg.width], "context_views": cfg.context_views,
+        "lpips": lpips_fn is not None,
+        "results": {mode: {name: r.summary() for name, r in res.items()} for mode, res in totals.items()},
+        "depth": {"abs_rel": float(np.mean(depth_rel)), "abs_rel_constant": float(np.mean(depth_const))} if depth_rel else None,
+        "per_scene": per_scene,
+    }  # fmt: skip
+    write_json(cfg.output / "metrics.json", summary)
+    for mode, res in summary["results"].items():
+        for name, s in res.items():
+            console.print(f"{mode:9s} {name:9s} PSNR {s['psnr']:.2f} dB  SSIM {s['ssim']:.3f}  "
+                          f"{s['gaussians']:.0f} Gaussians  {s['seconds_per_scene']:.2f} s/scene", highlight=False)  # fmt: skip
+    if summary["depth"]:
+        console.print(f"depth AbsRel {summary['depth']['abs_rel']:.3f} (constant-depth baseline "
+                      f"{summary['depth']['abs_rel_constant']:.3f})", highlight=False)  # fmt: skip
+    return summary

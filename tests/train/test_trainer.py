@@ -1,0 +1,134 @@
+"""The training run end to end on CPU: exact resume, DDP (2 gloo processes) = 1 process with the same global
+batch, presets and command-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from da3_splat.data.synthetic import SyntheticConfig, make_synthetic
+from da3_splat.train.config import TrainConfig, load_preset, parse_train_args
+from da3_splat.train.trainer import run_train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MICRO_ARCH = {
+    "model_name": "da3-micro-test",
+    "vit": {"dim": 32, "depth": 4, "num_heads": 2, "ffn_hidden": 64, "out_layers": [0, 1, 2, 3], "alt_start": 2,
+            "pos_grid": 8},
+    "head": {"kind": "dual", "features": 16, "out_channels": [16, 16, 32, 32], "output_dim": 2},
+    "camera": True,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    cfg = SyntheticConfig(frames=10, height=28, width=56, antialias=False, shadows=False)
+    make_synthetic(root / "train", 4, cfg, seed=3, workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def arch(tmp_path_factory):
+    path = tmp_path_factory.mktemp("arch") / "micro.json"
+    path.write_text(json.dumps(MICRO_ARCH))
+    return path
+
+
+def micro_config(scenes, arch, out, **kw) -> list[str]:
+    args = [
+        "--model.weights", f"arch:{arch}", "--model.nvs-features", "16", "--data.train", str(scenes / "train"),
+        "--data.height", "28", "--data.width", "56", "--data.context-views", "2", "2", "--data.target-views", "1",
+        "--data.window", "4", "10", "--data.workers", "0", "--optim.warmup", "2", "--optim.lr", "1e-3",
+        "--train", "geometry+nvs", "--posed", "0.5", "--device", "cpu", "--no-progress", "--log-every", "1",
+        "-o", str(out),
+    ]  # fmt: skip
+    for k, v in kw.items():
+        args += [f"--{k.replace('_', '-')}", *([str(v)] if not isinstance(v, (list, tuple)) else map(str, v))]
+    return args
+
+
+def weights(out: Path) -> dict:
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def test_resume_continues_exactly(scenes, arch, tmp_path):
+    run_train(parse_train_args(micro_config(scenes, arch, tmp_path / "a", steps=4)))
+    run_train(parse_train_args(micro_config(scenes, arch, tmp_path / "b", steps=4, max_minutes=0)))
+    # max-minutes 0 stops after the first step with a checkpoint; resume runs the remaining three
+    ckpts = sorted((tmp_path / "b" / "checkpoints").glob("step_*"))
+    assert [c.name for c in ckpts] == ["step_000001"]
+    args = micro_config(scenes, arch, tmp_path / "b", steps=4) + ["--resume"]
+    summary = run_train(parse_train_args(args))
+    assert summary["steps"] == 4
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("nvs/mse" in x and "geometry/depth" in x for x in lines)
+
+
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(scenes, arch, tmp_path):
+    one = micro_config(scenes, arch, tmp_path / "one", steps=3) + ["--optim.batch-size", "2", "--posed", "1.0"]
+    run_train(parse_train_args(one))
+    two = micro_config(scenes, arch, tmp_path / "two", steps=3) + ["--optim.batch-size", "1", "--posed", "1.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "da3_splat.cli", "train", *two]  # fmt: skip
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in a:
+        # Summation order differs (two gradients all-reduced vs one batch); Adam divides by sqrt(v), so a
+        # parameter whose gradient is ~0 (the first camera's translation is fixed) can move by a few 1e-5.
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=k)
+    start = run_start_weights(scenes, arch, tmp_path)
+    moved = sum(not torch.equal(a[k], start[k]) for k in a)
+    assert moved > len(a) // 2  # the comparison is not between two untouched models
+
+
+def run_start_weights(scenes, arch, tmp_path):
+    run_train(parse_train_args(micro_config(scenes, arch, tmp_path / "zero", steps=0)))
+    return weights(tmp_path / "zero")
+
+
+def test_presets_load_and_fields_override():
+    for name in ("tiny-synthetic", "tiny-synthetic-geometry", "small", "base", "large", "giant"):
+        cfg = load_preset(name)
+        assert isinstance(cfg, TrainConfig) and cfg.data.height % 14 == 0 and cfg.data.width % 14 == 0
+    cfg = parse_train_args(["small", "--optim.lr", "1e-5", "--steps", "7"])
+    assert cfg.optim.lr == 1e-5 and cfg.steps == 7 and cfg.model.weights == "depth-anything/DA3-SMALL"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no-such-preset"], "unknown config 'no-such-preset'"),
+        (["--data.train", "/nonexistent/scenes", "--device", "cpu"], "does not exist"),
+        (["--device", "cpu"], "no training data"),
+        (["--data.height", "100", "--data.train", "x"], "multiples of 14"),
+    ],
+)
+def test_bad_input_gives_one_error_line(args, message, tmp_path):
+    cmd = [sys.executable, "-m", "da3_splat.cli", "train", *args, "-o", str(tmp_path / "out")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
+
+
+def test_existing_run_is_not_overwritten(scenes, arch, tmp_path):
+    run_train(parse_train_args(micro_config(scenes, arch, tmp_path / "r", steps=1)))
+    before = (tmp_path / "r" / "model" / "model.safetensors").read_bytes()
+    from da3_splat.errors import InputError
+
+    with pytest.raises(InputError, match="--resume"):
+        run_train(parse_train_args(micro_config(scenes, arch, tmp_path / "r", steps=2)))
+    assert (tmp_path / "r" / "model" / "model.safetensors").read_bytes() == before
