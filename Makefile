@@ -10,13 +10,26 @@ ORACLE := depth-anything-3==0.1.1
 MODEL ?= random:da3-small
 DEMO := demo_out
 
-.PHONY: install test demo clean
+.PHONY: install test demo tiny-model clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test]"
+	@# open3d (imported by ns-export) needs the system library libusb; install it where it is missing and we may.
+	dpkg -s libusb-1.0-0 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) || true
+	@# Pin the torch already installed, so pip picks the torchvision built for it instead of replacing torch.
+	@# nuscenes-devkit (a nerfstudio dependency) pulls the GUI opencv-python: pin it to the headless build's
+	@# version, then reinstall the headless build, so the cv2 files on disk are headless 4.10 whatever the order.
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/pins.txt
+	echo "opencv-python==4.10.0.84" >> $(VENV)/pins.txt
+	$(PIP) install -q -c $(VENV)/pins.txt -e ".[nerfstudio,test]"
+	$(PIP) install -q --no-deps --force-reinstall opencv-python-headless==4.10.0.84
+	@# A CUDA-only torchvision beside a CPU torch: declare its two missing ops (no-op where it imports as is).
+	$(PY) -m nerfstudio_plugin.torchvision_compat --install
 	$(PIP) install -q --no-deps --target $(VENV)/oracle "$(ORACLE)"
+	# `da3-splat view` (viser) and its browser test (headless Chromium; skipped where it cannot be installed).
+	$(PIP) install -q -e ".[viewer]"
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || true
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,6 +41,18 @@ demo: $(VENV)/.installed
 	$(PY) -m da3_splat.cli make-synthetic $(DEMO)/scenes --scenes 1 --frames 24 --overwrite
 	$(PY) -m da3_splat.cli predict $(DEMO)/scenes/scene_0000/images_4 -o $(DEMO)/predict --model $(MODEL) \
 		--poses $(DEMO)/scenes/scene_0000/transforms.json --overwrite
+
+# Reproduces the bundled da3-tiny-synthetic from scratch on 2 CPU cores: synthetic train/held-out scenes, then
+# stage 1 (backbone + depth/ray/camera heads, DA3 depth-ray losses) and stage 2 (NVS head, geometry frozen).
+SYNTH := data/synthetic
+TINY_WEIGHTS := da3_splat/weights/da3-tiny-synthetic
+tiny-model: $(VENV)/.installed
+	$(PY) -m da3_splat.cli make-synthetic $(SYNTH)/train --scenes 240 --frames 48 --height 135 --width 240 --seed 1000
+	$(PY) -m da3_splat.cli make-synthetic $(SYNTH)/val --scenes 20 --frames 48 --height 135 --width 240 --seed 2000
+	$(PY) -m da3_splat.cli train tiny-synthetic-geometry -o outputs/tiny-geometry --overwrite
+	$(PY) -m da3_splat.cli train tiny-synthetic -o outputs/tiny-nvs --overwrite
+	mkdir -p $(TINY_WEIGHTS) && cp outputs/tiny-nvs/model/config.json outputs/tiny-nvs/model/model.safetensors $(TINY_WEIGHTS)/
+	$(PY) benchmarks/nvs_tiny.py --scenes $(SYNTH)/val
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -21,6 +21,7 @@ from da3_splat.predict import PredictConfig
 from da3_splat.splat import SplatConfig
 from da3_splat.eval_protocol import EvalConfig
 from da3_splat.train.config import TrainConfig
+from da3_splat.viewer import ViewConfig
 
 PROG = "da3-splat"
 DESCRIPTION = (
@@ -36,6 +37,7 @@ SUBCOMMANDS: dict[str, tuple[type, str]] = {
     "make-synthetic": (MakeSyntheticCommand, "da3_splat.data.synthetic:run_make_synthetic"),
     "train": (TrainConfig, "da3_splat.train.trainer:run_train"),
     "eval": (EvalConfig, "da3_splat.eval_protocol:run_eval"),
+    "view": (ViewConfig, "da3_splat.viewer:run_view"),
 }
 # Environment problems a user can fix (permissions, a full or read-only disk): one line, no traceback.
 _USER_OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}

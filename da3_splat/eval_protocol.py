@@ -12,21 +12,26 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import numpy as np
-import torch
 import tyro
-from torch import Tensor
 
 from da3_splat.errors import InputError
-from da3_splat.eval import load_lpips, lpips_status, psnr, ssim
-from da3_splat.gaussians import Gaussians
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that `da3-splat --help` stays fast
+    import numpy as np
+    from torch import Tensor
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
     """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    import numpy as np
+
     return (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def _mean(values: list) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 @dataclass
@@ -75,13 +80,14 @@ class MethodResult:
         self.seconds.append(scores["seconds"])
 
     def summary(self) -> dict:
-        mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
-        return {"psnr": mean(self.psnr), "ssim": mean(self.ssim), "lpips": mean(self.lpips),
-                "gaussians": mean(self.gaussians), "seconds_per_scene": mean(self.seconds), "scenes": len(self.psnr)}  # fmt: skip
+        return {"psnr": _mean(self.psnr), "ssim": _mean(self.ssim), "lpips": _mean(self.lpips),
+                "gaussians": _mean(self.gaussians), "seconds_per_scene": _mean(self.seconds), "scenes": len(self.psnr)}  # fmt: skip
 
 
 def depth_abs_rel(pred: Tensor, gt: Tensor) -> tuple[float, float]:
     """Median-aligned AbsRel of ``pred`` and of the constant-depth baseline (the GT median everywhere)."""
+    import torch
+
     valid = (gt > 0) & torch.isfinite(gt)
     p, g = pred[valid], gt[valid]
     p = p * (g.median() / p.median().clamp(min=1e-8))
@@ -89,10 +95,21 @@ def depth_abs_rel(pred: Tensor, gt: Tensor) -> tuple[float, float]:
     return float(((p - g).abs() / g).mean()), float(((const - g).abs() / g).mean())
 
 
-@torch.inference_mode()
 def evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn=None) -> dict:
     """Scores of the model's NVS head (when it has one) and of the head-free baseline on one scene batch."""
+    import torch
+
+    with torch.inference_mode():
+        return _evaluate_scene(model, batch, mode, baseline, lpips_fn)
+
+
+def _evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn) -> dict:
+    import torch
+
     from da3_splat.build import headfree_gaussians
+    from da3_splat.eval import psnr, ssim
+    from da3_splat.gaussians import Gaussians
+    from da3_splat.geometry import apply_sim3_to_w2c
     from da3_splat.train.nvs import first_camera_alignment, predict, render_views
 
     posed = mode == "posed"
@@ -110,8 +127,6 @@ def evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn=None) -> di
             w2c, K = batch.context_w2c, batch.context_K
         else:
             R, t, s = first_camera_alignment(out["extrinsics"], batch.context_w2c)
-            from da3_splat.geometry import apply_sim3_to_w2c
-
             w2c = torch.stack([apply_sim3_to_w2c(out["extrinsics"][b], R[b], t[b], s[b]) for b in range(len(R))])
             K = out["intrinsics"]
         depth = out["depth"] * (s[:, None, None, None] if not posed else 1.0)
@@ -138,9 +153,11 @@ def evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn=None) -> di
 
 
 def run_eval(cfg: EvalConfig, console=None) -> dict:
+    import torch
     from rich.console import Console
 
     from da3_splat.data.dataset import NVSDataset, collate
+    from da3_splat.eval import load_lpips, lpips_status
     from da3_splat.export import write_json, write_png
     from da3_splat.predict import check_output_dir, load_model, resolve_device
     from da3_splat.train.nvs import SceneBatch
@@ -193,7 +210,7 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
         "model": cfg.model, "scenes": len(paths), "size": [cfg.height, cfg.width], "context_views": cfg.context_views,
         "lpips": lpips_fn is not None,
         "results": {mode: {name: r.summary() for name, r in res.items()} for mode, res in totals.items()},
-        "depth": {"abs_rel": float(np.mean(depth_rel)), "abs_rel_constant": float(np.mean(depth_const))} if depth_rel else None,
+        "depth": {"abs_rel": _mean(depth_rel), "abs_rel_constant": _mean(depth_const)} if depth_rel else None,
         "per_scene": per_scene,
     }  # fmt: skip
     write_json(cfg.output / "metrics.json", summary)

@@ -304,7 +304,7 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
     )  # fmt: skip
     batches = iter(loader)
     pose_rng_seed = cfg.seed + 7919
-    t0, last = time.perf_counter(), {}
+    t0, cpu0, last = time.perf_counter(), time.process_time(), {}
     progress = _progress(console, cfg.progress and env.main)
     task = progress.add_task("train", total=cfg.steps, completed=start_step)
     step = start_step
@@ -340,7 +340,10 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
                 env.barrier()
             if out_of_time:
                 break
-    summary = {"steps": step, "seconds": time.perf_counter() - t0, "last": last, "processes": env.world}
+    # CPU seconds (this process, all threads): on a shared machine, cpu_seconds / cores is the time the run
+    # would have taken with the cores to itself.
+    summary = {"steps": step, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
+               "last": last, "processes": env.world}  # fmt: skip
     if env.main:
         model.save_pretrained(cfg.output / "model", overwrite=True)
         (cfg.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

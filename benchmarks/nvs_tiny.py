@@ -1,0 +1,111 @@
+"""Feed-forward novel-view synthesis of the bundled `da3-tiny-synthetic` on held-out synthetic scenes (issue 5).
+
+    python benchmarks/nvs_tiny.py [--scenes data/synthetic/val] [--model da3-tiny-synthetic] [--max-scenes 20]
+
+One run, side by side, on the same scenes, views and resolution (`da3-splat eval`: each scene's eval_index.json,
+every 8th frame a target, 4 farthest-point context views, 126x224):
+- the trained model's NVS head (posed: GT context cameras; pose-free: predicted cameras aligned to the GT ones),
+- the head-free Gaussians built from the trained model's own depth (one per pixel, image colour),
+- the untrained model: the same architecture (NVS head included) with random weights,
+plus depth AbsRel (median-aligned) of the trained and untrained model against the constant-depth baseline, and the
+training time of both stages when their run folders are given. Writes benchmarks/results/nvs_tiny.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from _common import RESULTS, loadavg, machine_header, md_table  # benchmarks/ is on sys.path as the script's folder
+
+import torch
+
+from da3_splat.eval_protocol import EvalConfig, run_eval
+from da3_splat.model import DA3
+
+BAR_DB = 2.0
+
+
+def untrained_copy(model_src: str, folder: Path, seed: int = 0) -> Path:
+    """The same architecture as ``model_src`` (NVS head included) with fresh random weights, saved to ``folder``."""
+    trained = DA3.from_pretrained(model_src)
+    torch.manual_seed(seed)
+    DA3(trained.config).save_pretrained(folder, overwrite=True)
+    return folder
+
+
+def training_rows(runs: list[Path]) -> list[list]:
+    rows = []
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        cpu = summary.get("cpu_seconds")
+        rows.append([run.name, config["train"], summary["steps"], f"{summary['seconds'] / 60:.1f}",
+                     "n/a" if cpu is None else f"{cpu / 60:.1f}"])  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scenes", type=Path, default=Path("data/synthetic/val"))
+    p.add_argument("--model", default="da3-tiny-synthetic")
+    p.add_argument("--max-scenes", type=int, default=20)
+    p.add_argument("--runs", type=Path, nargs="*", default=[Path("outputs/tiny-geometry"), Path("outputs/tiny-nvs")],
+                   help="training run folders whose summary.json gives the training time")  # fmt: skip
+    p.add_argument("--out", type=Path, default=RESULTS / "nvs_tiny.md")
+    a = p.parse_args()
+    if not a.scenes.is_dir():
+        raise SystemExit(f"error: {a.scenes} not found; `make tiny-model` generates the held-out scenes")
+
+    load_before = loadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="nvs_tiny_"))
+    try:
+        common = dict(scenes=(a.scenes,), max_scenes=a.max_scenes, device="cpu", overwrite=True)
+        trained = run_eval(EvalConfig(output=tmp / "trained", model=a.model, **common))
+        random_src = str(untrained_copy(a.model, tmp / "untrained-model"))
+        untrained = run_eval(EvalConfig(output=tmp / "untrained", model=random_src, baseline=False, **common))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rows, checks = [], []
+    for mode in trained["results"]:
+        res, base = trained["results"][mode], untrained["results"][mode]["nvs-head"]
+        for label, r in (("trained NVS head", res["nvs-head"]), ("head-free from its own depth", res["head-free"]),
+                         ("untrained (random weights)", base)):  # fmt: skip
+            rows.append([mode, label, f"{r['psnr']:.2f}", f"{r['ssim']:.3f}", f"{r['gaussians']:.0f}",
+                         f"{r['seconds_per_scene']:.2f}"])  # fmt: skip
+        for label, other in (("head-free", res["head-free"]), ("untrained", base)):
+            gain = res["nvs-head"]["psnr"] - other["psnr"]
+            checks.append(f"- {mode}: trained NVS head - {label} = {gain:+.2f} dB "
+                          f"(bar +{BAR_DB:.1f} dB: {'**met**' if gain >= BAR_DB else '**not met**'})")  # fmt: skip
+    d, du = trained["depth"], untrained["depth"]
+    depth_rows = [["trained", f"{d['abs_rel']:.3f}"], ["untrained (random weights)", f"{du['abs_rel']:.3f}"],
+                  ["constant depth (GT median)", f"{d['abs_rel_constant']:.3f}"]]  # fmt: skip
+    checks.append(f"- depth: trained AbsRel {d['abs_rel']:.3f} vs constant-depth {d['abs_rel_constant']:.3f} "
+                  f"({'**met**' if d['abs_rel'] < d['abs_rel_constant'] else '**not met**'})")  # fmt: skip
+
+    text = machine_header(
+        "Feed-forward NVS of da3-tiny-synthetic (`benchmarks/nvs_tiny.py`)",
+        [f"- load average before: {load_before}; after: {loadavg()}",
+         f"- model: {a.model}; {trained['scenes']} held-out scenes from {a.scenes} (never trained on); "
+         f"{trained['size'][0]}x{trained['size'][1]}, {trained['context_views']} context views, targets every 8th "
+         f"frame; LPIPS {'used' if trained['lpips'] else 'not available (no local weights)'}"],
+    )  # fmt: skip
+    text += "\n## Target views (mean over scenes)\n\n"
+    text += md_table(["mode", "method", "PSNR (dB)", "SSIM", "Gaussians", "s / scene"], rows)
+    text += "\n## Context-view depth (AbsRel after median alignment; lower is better)\n\n"
+    text += md_table(["model", "AbsRel"], depth_rows)
+    runs = [r for r in a.runs if (r / "summary.json").is_file()]
+    if runs:
+        text += "\n## Training (2 CPU cores)\n\n"
+        text += md_table(["run", "trains", "steps", "wall (min)", "CPU (min, all threads)"], training_rows(runs))
+    text += "\n## Bars\n\n" + "\n".join(checks) + "\n"
+    a.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
