@@ -26,7 +26,14 @@ import torch
 from torch.utils.data import Dataset
 
 from da3_splat.data.dl3dv import Scene, load_views, read_scene
-from da3_splat.data.sampling import EvalViews, count_range, read_eval_index, sample_training_views
+from da3_splat.data.sampling import (
+    EvalViews,
+    count_range,
+    make_eval_index,
+    parse_eval_index,
+    read_eval_index,
+    sample_training_views,
+)
 from da3_splat.errors import InputError
 
 PATCH = 14  # DA3's patch size: image sides must be multiples of it
@@ -107,7 +114,8 @@ class NVSDataset(Dataset):
     ) -> NVSDataset:
         """One item per scene with fixed views from ``index`` (an index file, or what
         :func:`~da3_splat.data.sampling.read_eval_index` returns; default: each scene's own eval_index.json),
-        using its ``num_context``-view context (default: the only one). Scenes have different target counts,
+        using its ``num_context``-view context (default: the only one). A scene with no index gets the DA3
+        protocol computed from its cameras (``num_context`` views, default 4). Scenes have different target counts,
         so batch them one at a time unless they agree."""
         self = cls.__new__(cls)
         self.size = _check_size(size)
@@ -116,7 +124,13 @@ class NVSDataset(Dataset):
         table = read_eval_index(index) if isinstance(index, (str, Path)) else index
         self.fixed = []
         for i, scene in enumerate(self.scenes):
-            views = (read_eval_index(scene) if table is None else table).get(scene.name)
+            if table is not None:
+                views = table.get(scene.name)
+            elif scene.eval_index is not None:
+                views = read_eval_index(scene).get(scene.name)
+            else:  # no index anywhere: the DA3 protocol on this scene's cameras
+                own = make_eval_index(scene, 4 if num_context is None else num_context)
+                views = parse_eval_index(own, scene.name).get(scene.name)
             if views is None:
                 raise InputError(f"the evaluation index has no entry for scene {scene.name}")
             context = scene.positions(views.context_views(num_context))

@@ -46,6 +46,10 @@ class DA3Config:
     gs_head: DPTConfig | None = None
     gs_sh_degree: int = 2
     gs_planar_depth: bool = False  # adapter reads depth as z-depth (da3-splat NVS heads) or as ray distance (official)
+    # Largest Gaussian std in units of 0.1 pixel footprint (the official adapter's 30, i.e. 3 px). da3-splat NVS heads
+    # use NVS_SCALE_MAX (1 px): their Gaussians are one per pixel of the input, and the CPU renderer's cost grows
+    # with each splat's area, so a head free to reach 3 px splats makes training steps several times dearer.
+    gs_scale_max: float = 30.0
     # Nested model: an any-view model plus a metric model whose depth sets the scale.
     nested_metric: str | None = None
     nested_anyview: str | None = None
@@ -116,6 +120,9 @@ def gs_head_channels(sh_degree: int) -> int:
     return 2 + 3 + 4 + 3 * (sh_degree + 1) ** 2 + 1 + 1
 
 
+NVS_SCALE_MAX = 10.0
+
+
 def with_nvs_head(
     config: DA3Config, features: int | None = None, sh_degree: int = 2, model_name: str | None = None
 ) -> DA3Config:
@@ -129,8 +136,9 @@ def with_nvs_head(
     oc = tuple(max(8, int(round(c * ratio))) for c in config.head.out_channels)
     head = DPTConfig("gs", f, oc, gs_head_channels(sh_degree), False, True)
     return replace(
-        config, gs_head=head, gs_sh_degree=sh_degree, gs_planar_depth=True, model_name=model_name or config.model_name
-    )
+        config, gs_head=head, gs_sh_degree=sh_degree, gs_planar_depth=True, gs_scale_max=NVS_SCALE_MAX,
+        model_name=model_name or config.model_name,
+    )  # fmt: skip
 
 
 def register_config(config: DA3Config) -> None:

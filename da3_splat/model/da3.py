@@ -155,7 +155,7 @@ class DA3(nn.Module):
         return raw_to_gaussians(
             gs["raw"], gs["opacity"], out["depth"], w2c, K,
             gt_extrinsics=None if cameras is not None else gt_extrinsics, sh_degree=self.config.gs_sh_degree,
-            planar_depth=self.config.gs_planar_depth,
+            planar_depth=self.config.gs_planar_depth, scale_max=self.config.gs_scale_max,
         )  # fmt: skip
 
     @staticmethod

@@ -94,6 +94,7 @@ def raw_to_gaussians(
     gt_extrinsics: Tensor | None = None,
     sh_degree: int = 2,
     planar_depth: bool = False,
+    scale_max: float = SCALE_MAX,
 ) -> Gaussians:
     """Turn GS-head outputs into world-space Gaussians.
 
@@ -103,6 +104,7 @@ def raw_to_gaussians(
     planar_depth: read ``depth`` as planar z-depth (what DA3's depth head predicts) and convert it to a distance
     along the ray; the official adapter (False) uses it as the distance directly, a quirk its GS head was
     trained around. NVS heads trained with da3-splat use True, so they need not learn the conversion.
+    scale_max: upper end of the scale range (units of 0.1 pixel footprint; the official adapter's 30).
     Returns Gaussians with leading dim B and N = S * H * W.
     """
     B, S, H, W, C = raw.shape
@@ -148,7 +150,7 @@ def raw_to_gaussians(
     pixel_size = torch.tensor([1.0 / W, 1.0 / H], device=raw.device, dtype=raw.dtype)
     K2_inv = torch.linalg.inv(K_norm[..., :2, :2].to(inv_dtype)).to(raw.dtype)
     footprint = SCALE_MULTIPLIER * (K2_inv @ pixel_size).sum(-1)  # (B, S)
-    scales = SCALE_MIN + (SCALE_MAX - SCALE_MIN) * torch.sigmoid(scale_logit)
+    scales = SCALE_MIN + (scale_max - SCALE_MIN) * torch.sigmoid(scale_logit)
     scales = scales * dist[..., None] * footprint[:, :, None, None, None]
 
     quats = world_quats(raw_quat, R[:, :, None, None])

@@ -297,6 +297,7 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
             highlight=False,
         )
     writer = _writer(cfg, console) if env.main else None
+    val = validation_set(cfg) if env.main else None
     sampler = StepBatches(len(dataset), global_batch, env.rank, per_rank, start_step, cfg.steps)
     loader = torch.utils.data.DataLoader(
         EpochItems(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.workers,
@@ -330,6 +331,8 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
                 _log(cfg, writer, step, {**parts, "lr": scheduler.get_last_lr()[0], "posed": float(posed)})
             if env.main and writer is not None and "render" in out and (step % cfg.images_every == 0):
                 _log_images(writer, step, batch, out["render"])
+            if env.main and val is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                _log(cfg, writer, step, validate(model, val, device))
             out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 > cfg.max_minutes
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
                 if env.main:
@@ -352,6 +355,38 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
         writer.close()
     env.barrier()
     return summary
+
+
+def validation_set(cfg: TrainConfig):
+    """The first ``val_scenes`` held-out scenes with their fixed evaluation views (each scene's
+    eval_index.json, 4 context views), or None when the config names none."""
+    if not cfg.data.val or cfg.data.val_scenes <= 0:
+        return None
+    from da3_splat.data.dataset import NVSDataset
+
+    scenes = scene_list(cfg.data.val)[: cfg.data.val_scenes]
+    size = (cfg.data.height, cfg.data.width)
+    lo, hi = cfg.data.context_views
+    return NVSDataset.for_evaluation(scenes, size=size, num_context=min(max(4, lo), hi), downscale=cfg.data.downscale)
+
+
+def validate(model, data, device) -> dict:
+    """Held-out scores (posed): PSNR/SSIM of the NVS head when the model has one, depth AbsRel always."""
+    from da3_splat.data.dataset import collate
+    from da3_splat.eval_protocol import evaluate_scene
+    from da3_splat.train.nvs import SceneBatch
+
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    for i in range(len(data)):
+        batch = SceneBatch.from_dataset(collate([data[i]]), device)
+        scores = evaluate_scene(model, batch, "posed", baseline=False)["scores"]
+        for key, value in (("val/psnr", scores.get("nvs-head", {}).get("psnr")),
+                           ("val/ssim", scores.get("nvs-head", {}).get("ssim")),
+                           ("val/depth_abs_rel", scores.get("depth", {}).get("abs_rel"))):  # fmt: skip
+            if value is not None:
+                sums.setdefault(key, []).append(value)
+    return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
 def _progress(console, enabled: bool):

@@ -103,6 +103,20 @@ def test_evaluation_mode(scenes):
         NVSDataset.for_evaluation(scenes[:1], SIZE, index={}, num_context=2)
 
 
+def test_scene_without_index_gets_the_da3_protocol(scenes, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(scenes[1], bare)
+    (bare / "eval_index.json").unlink()
+    ds = NVSDataset.for_evaluation([bare], SIZE, num_context=4)
+    item = ds[0]
+    # Same protocol as the stored file: every 8th frame a target, farthest-point context among the others.
+    index = read_scene(scenes[1]).eval_index
+    assert item["target_indices"].tolist() == index["targets"] == [0, 8, 16]
+    assert item["context_indices"].tolist() == index["context_4"]
+
+
 def test_constructor_errors(scenes):
     with pytest.raises(InputError, match="multiples of 14"):
         _dataset(scenes, size=(28, 40))

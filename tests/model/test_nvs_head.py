@@ -43,3 +43,21 @@ def test_planar_depth_adapter_places_pixel_centres_at_their_z_depth():
     g = raw_to_gaussians(raw, torch.full((B, S, H, W), 0.5), depth, w2c, K, sh_degree=1, planar_depth=True)
     expected = depth_to_world_points(depth, K, w2c, offset=0.5)
     torch.testing.assert_close(g.means.reshape(B, S, H, W, 3), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_scale_range_is_the_configs():
+    from da3_splat.model.config import NVS_SCALE_MAX
+    from da3_splat.model.gs_adapter import SCALE_MAX, num_raw_channels, raw_to_gaussians
+
+    assert with_nvs_head(get_config("da3-small")).gs_scale_max == NVS_SCALE_MAX < SCALE_MAX
+    assert get_config("da3-giant").gs_scale_max == SCALE_MAX  # the official GS head keeps the official range
+    B, S, H, W = 1, 1, 4, 6
+    raw = torch.zeros(B, S, H, W, num_raw_channels(0))
+    raw[..., 2:5] = 50.0  # scale logits saturated: every scale at the top of its range
+    K = torch.tensor([[10.0, 0, 3.0], [0, 10.0, 2.0], [0, 0, 1]]).expand(B, S, 3, 3)
+    w2c, depth, opacity = torch.eye(4).expand(B, S, 4, 4), torch.full((B, S, H, W), 2.0), torch.full((B, S, H, W), 0.5)
+    big = raw_to_gaussians(raw, opacity, depth, w2c, K, sh_degree=0).scales
+    small = raw_to_gaussians(raw, opacity, depth, w2c, K, sh_degree=0, scale_max=NVS_SCALE_MAX).scales
+    # std = scale_max * 0.1 * (1/fx + 1/fy) * distance: 30 -> 1.2 units here, 10 -> 0.4
+    torch.testing.assert_close(big, torch.full_like(big, 30 * 0.1 * 0.2 * 2.0), rtol=1e-5, atol=0)
+    torch.testing.assert_close(small, torch.full_like(small, NVS_SCALE_MAX * 0.1 * 0.2 * 2.0), rtol=1e-5, atol=0)
