@@ -139,6 +139,43 @@ def match_poses(poses_file, names: list[str], image_paths: list[Path] | None, si
 # The pipeline
 
 
+def prepare_inputs(cfg, check_outputs):
+    """What predict and splat check before the model loads -> (image paths, names, poses, device).
+
+    The input (images, a folder or a video), the output folder, ``check_outputs(paths, names, out)`` (that no
+    output would replace an input) and that every image has a camera in ``cfg.poses``; paths and names are None
+    for a video (its frames are named once decoded)."""
+    from da3_splat.data.transforms import match_frames, read_transforms, transforms_file
+    from da3_splat.model.preprocess import list_images
+
+    kind = input_kind(cfg.input)
+    check_output_dir(cfg.output, cfg.overwrite)
+    paths = names = None
+    if kind == "images":
+        paths = list_images(cfg.input)
+        names = unique_names(paths)
+        check_outputs(paths, names, cfg.output)
+    poses = read_transforms(cfg.poses) if cfg.poses is not None else None
+    if poses is not None and names is not None:
+        match_frames(poses[0], names, paths, transforms_file(cfg.poses))
+    return paths, names, poses, resolve_device(cfg.device)
+
+
+def load_inputs(cfg, paths, names, poses, console):
+    """Decode the inputs and pick their cameras -> (images, names, extrinsics or None, intrinsics or None)."""
+    from da3_splat.data.transforms import match_frames, select_cameras, transforms_file
+
+    images = decode_inputs(cfg, paths, console)
+    names = names or video_frame_names(len(images))
+    extrinsics = intrinsics = None
+    if poses is not None:
+        idx = match_frames(poses[0], names, paths, transforms_file(cfg.poses))
+        extrinsics, intrinsics, warnings = select_cameras(poses, idx, names, [im.shape[:2] for im in images])
+        for w in warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    return images, names, extrinsics, intrinsics
+
+
 def load_model(src: str, device: str, console):
     import torch
 
@@ -208,24 +245,11 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
     """
     from rich.console import Console
 
-    from da3_splat.data.transforms import match_frames, read_transforms, select_cameras, transforms_file
-    from da3_splat.model.preprocess import list_images
-
     console = console or Console(stderr=True, soft_wrap=True)
     out_console = out_console or Console(soft_wrap=True, highlight=False)
     t_start = time.perf_counter()
     _check_config(cfg)
-    kind = input_kind(cfg.input)
-    check_output_dir(cfg.output, cfg.overwrite)
-    paths = names = None
-    if kind == "images":
-        paths = list_images(cfg.input)
-        names = unique_names(paths)
-        _check_no_clobber(paths, names, cfg.output)
-    poses = read_transforms(cfg.poses) if cfg.poses is not None else None
-    if poses is not None and names is not None:
-        match_frames(poses[0], names, paths, transforms_file(cfg.poses))
-    device = resolve_device(cfg.device)
+    paths, names, poses, device = prepare_inputs(cfg, _check_no_clobber)
 
     t0 = time.perf_counter()
     with _status(console, f"Loading model {cfg.model} ..."):
@@ -233,15 +257,8 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
     timings = {"load_model": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
-    images = decode_inputs(cfg, paths, console)
-    names = names or video_frame_names(len(images))
+    images, names, extrinsics, intrinsics = load_inputs(cfg, paths, names, poses, console)
     timings["load_inputs"] = time.perf_counter() - t0
-    extrinsics = intrinsics = None
-    if poses is not None:
-        idx = match_frames(poses[0], names, paths, transforms_file(cfg.poses))
-        extrinsics, intrinsics, warnings = select_cameras(poses, idx, names, [im.shape[:2] for im in images])
-        for w in warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
     t0 = time.perf_counter()
     with _status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):

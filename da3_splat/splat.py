@@ -224,35 +224,14 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
     from rich.console import Console
 
     from da3_splat.build import gaussians_from_prediction
-    from da3_splat.data.transforms import match_frames, read_transforms, select_cameras, transforms_file
     from da3_splat.export import write_json
-    from da3_splat.model.preprocess import list_images
-    from da3_splat.predict import (
-        _status,
-        check_output_dir,
-        decode_inputs,
-        input_kind,
-        load_model,
-        resolve_device,
-        unique_names,
-        video_frame_names,
-    )
+    from da3_splat.predict import _status, load_inputs, load_model, prepare_inputs
 
     console = console or Console(stderr=True, soft_wrap=True)
     out_console = out_console or Console(soft_wrap=True, highlight=False)
     t_start = time.perf_counter()
     _check_config(cfg)
-    kind = input_kind(cfg.input)
-    check_output_dir(cfg.output, cfg.overwrite)
-    paths = names = None
-    if kind == "images":
-        paths = list_images(cfg.input)
-        names = unique_names(paths)
-        _check_inputs_kept(paths, names, cfg.output)
-    poses = read_transforms(cfg.poses) if cfg.poses is not None else None
-    if poses is not None and names is not None:
-        match_frames(poses[0], names, paths, transforms_file(cfg.poses))
-    device = resolve_device(cfg.device)
+    paths, names, poses, device = prepare_inputs(cfg, _check_inputs_kept)
 
     t0 = time.perf_counter()
     with _status(console, f"Loading model {cfg.model} ..."):
@@ -264,15 +243,8 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
     timings = {"load_model": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
-    images = decode_inputs(cfg, paths, console)
-    names = names or video_frame_names(len(images))
+    images, names, extrinsics, intrinsics = load_inputs(cfg, paths, names, poses, console)
     timings["load_inputs"] = time.perf_counter() - t0
-    extrinsics = intrinsics = None
-    if poses is not None:
-        idx = match_frames(poses[0], names, paths, transforms_file(cfg.poses))
-        extrinsics, intrinsics, warnings = select_cameras(poses, idx, names, [im.shape[:2] for im in images])
-        for w in warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
     t0 = time.perf_counter()
     with _status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):
