@@ -98,15 +98,21 @@ class TrainConfig:
     posed: float = 1.0
     """Fraction of samples on which DA3 gets the context cameras (the rest are pose-free)."""
     steps: int = 1000
+    """Optimisation steps (the cosine schedule ends here)."""
     seed: int = 0
+    """Seeds the data order, the view sampling and the initialisation of new weights."""
     bf16: bool = True
     """bf16 autocast for the backbone on CUDA (CPU always runs fp32)."""
     grad_checkpointing: bool = False
     """Recompute backbone blocks in the backward pass (less memory, ~30% slower)."""
     log_every: int = 20
+    """Scalars to metrics.jsonl and TensorBoard every N steps."""
     eval_every: int = 250
+    """Held-out validation (--data.val, posed: NVS PSNR/SSIM, depth AbsRel) every N steps and at the end."""
     checkpoint_every: int = 250
+    """Checkpoint (safetensors + JSON run state, written atomically) every N steps."""
     keep_checkpoints: int = 3
+    """Checkpoints kept in OUTPUT/checkpoints (older ones are deleted)."""
     images_every: int = 250
     """TensorBoard image grids (context | target | render) every N steps."""
     max_minutes: float | None = None
@@ -116,6 +122,7 @@ class TrainConfig:
     overwrite: bool = False
     """Start afresh in an --output that already holds a run."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available (torchrun: one GPU per process), else CPU."""
     progress: bool = True
     """Show a progress bar (on a terminal)."""
 
