@@ -22,6 +22,7 @@ from da3_splat.splat import SplatConfig
 from da3_splat.eval_protocol import EvalConfig
 from da3_splat.train.config import TrainConfig
 from da3_splat.viewer import ViewConfig
+from da3_splat.demo import DemoConfig
 
 PROG = "da3-splat"
 DESCRIPTION = (
@@ -38,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[type, str]] = {
     "train": (TrainConfig, "da3_splat.train.trainer:run_train"),
     "eval": (EvalConfig, "da3_splat.eval_protocol:run_eval"),
     "view": (ViewConfig, "da3_splat.viewer:run_view"),
+    "demo": (DemoConfig, "da3_splat.demo:run_demo"),
 }
 # Environment problems a user can fix (permissions, a full or read-only disk): one line, no traceback.
 _USER_OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
