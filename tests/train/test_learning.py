@@ -10,7 +10,7 @@ import torch
 from da3_splat.data.dataset import NVSDataset, collate
 from da3_splat.data.synthetic import SyntheticConfig, make_synthetic
 from da3_splat.eval_protocol import evaluate_scene
-from da3_splat.model import DA3
+from da3_splat.model import DA3, DA3Config
 from da3_splat.train.config import parse_train_args
 from da3_splat.train.nvs import SceneBatch
 from da3_splat.train.trainer import run_train
@@ -56,7 +56,7 @@ def test_a_few_hundred_steps_beat_random_weights(scenes, tmp_path):
     run_train(parse_train_args(args(scenes, tmp_path / "trained", STEPS)))
     trained = held_out_psnr(DA3.from_pretrained(str(tmp_path / "trained" / "model")), scenes)
     untrained = []
-    for seed in range(3):  # several random initialisations: the best of them is the bar
-        run_train(parse_train_args(args(scenes, tmp_path / f"random{seed}", 0, seed)))
-        untrained.append(held_out_psnr(DA3.from_pretrained(str(tmp_path / f"random{seed}" / "model")), scenes))
+    for seed in range(3):  # several random initialisations (the trained model's is seed 0): the best is the bar
+        torch.manual_seed(seed)
+        untrained.append(held_out_psnr(DA3(DA3Config.from_dict(MICRO_ARCH)).add_nvs_head(16, 0).eval(), scenes))
     assert trained > max(untrained) + MARGIN_DB, (trained, untrained)
