@@ -6,8 +6,6 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # Prefer a torch wheel that this machine keeps on local disk (CPU build) over a multi-GB download.
 TORCH_SPEC ?= $(or $(firstword $(wildcard /opt/wheels/torch-*.whl)),torch)
 ORACLE := depth-anything-3==0.1.1
-# Offline default: random weights (the demo says so). Any Hub repo id, folder or .safetensors file works.
-MODEL ?= random:da3-small
 DEMO := demo_out
 
 .PHONY: install test demo tiny-model clean
@@ -27,8 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	@# A CUDA-only torchvision beside a CPU torch: declare its two missing ops (no-op where it imports as is).
 	$(PY) -m nerfstudio_plugin.torchvision_compat --install
 	$(PIP) install -q --no-deps --target $(VENV)/oracle "$(ORACLE)"
-	# `da3-splat view` (viser) and its browser test (headless Chromium; skipped where it cannot be installed).
-	$(PIP) install -q -e ".[viewer]"
+	@# The viewer's browser test (headless Chromium; skipped where it cannot be installed). viser comes with nerfstudio.
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || true
 	touch $@
 
@@ -38,9 +35,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 demo: $(VENV)/.installed
-	$(PY) -m da3_splat.cli make-synthetic $(DEMO)/scenes --scenes 1 --frames 24 --overwrite
-	$(PY) -m da3_splat.cli predict $(DEMO)/scenes/scene_0000/images_4 -o $(DEMO)/predict --model $(MODEL) \
-		--poses $(DEMO)/scenes/scene_0000/transforms.json --overwrite
+	$(PY) -m da3_splat.cli demo $(DEMO) --overwrite $(if $(VIEW),--view,)
 
 # Reproduces the bundled da3-tiny-synthetic from scratch on 2 CPU cores: synthetic train/held-out scenes, then
 # stage 1 (backbone + depth/ray/camera heads, DA3 depth-ray losses) and stage 2 (NVS head, geometry frozen).

@@ -70,12 +70,15 @@ def infer(
     infer_gs: bool = False,
     return_rays: bool = False,
     device: str | torch.device | None = None,
+    gs_given_cameras: bool = False,
 ) -> Prediction:
     """Run DA3 on a list of images (paths, HxWx3 uint8 arrays or PIL images).
 
     extrinsics (S, 3|4, 4) world-to-camera OpenCV and intrinsics (S, 3, 3) in pixels of the original images
     condition the model on known cameras; the returned depth and cameras are then in the caller's frame and
-    units (extrinsics are the given ones).
+    units (extrinsics are the given ones). ``gs_given_cameras`` (with known cameras): place the GS head's
+    Gaussians with the given cameras, as posed NVS training does, and map depth and Gaussians back with the
+    exact inverse of the pose normalisation instead of aligning the predicted cameras.
     """
     if extrinsics is not None and intrinsics is None:
         raise InputError("known poses need intrinsics too (pass intrinsics together with extrinsics)")
@@ -89,16 +92,17 @@ def infer(
         w2c_in = as_homogeneous(torch.from_numpy(pre.extrinsics).float()[None]).to(device)
         K_in = torch.from_numpy(pre.intrinsics).float()[None].to(device)
         w2c_norm = normalize_extrinsics(w2c_in)
+    given = gs_given_cameras and w2c_norm is not None
     with autocast_for(device):
         out = model(
             x, w2c_norm, K_in, ref_view_strategy=ref_view_strategy, use_ray_pose=use_ray_pose,
-            infer_gs=infer_gs, return_rays=return_rays,
+            infer_gs=infer_gs, return_rays=return_rays, gs_cameras=(w2c_norm, K_in) if given else None,
         )  # fmt: skip
 
     depth = out["depth"].float()
     extr, intr, g = out.get("extrinsics"), out.get("intrinsics"), out.get("gaussians")
     if w2c_in is not None:  # report everything in the caller's frame and units
-        R, t, scale = _sim3_to_input(extr, w2c_in)
+        R, t, scale = normalization_sim3(w2c_in) if given else _sim3_to_input(extr, w2c_in)
         depth = depth * scale
         extr, intr = w2c_in[..., :3, :], K_in
         if g is not None:

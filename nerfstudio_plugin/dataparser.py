@@ -1,0 +1,265 @@
+"""``da3-images``: a folder of photos (or a video) without cameras; DA3 predicts them, so no COLMAP is needed.
+
+The predicted cameras then go through nerfstudio's usual normalisation (orient, centre, scale), as a
+``transforms.json`` would. When training starts the pipeline calls :meth:`DA3ImagesDataParser.save_cameras`,
+which writes them to the run folder as ``transforms.json`` and points the saved config at that file, so
+``ns-eval``, ``ns-export`` and ``ns-viewer`` reuse the same cameras instead of predicting them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Type
+
+import numpy as np
+import torch
+from nerfstudio.cameras import camera_utils
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
+from nerfstudio.plugins.registry_dataparser import DataParserSpecification
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from da3_splat.data.transforms import TRANSFORMS_FILE, write_transforms
+from da3_splat.geometry import apply_sim3_to_w2c, as_homogeneous, camera_centers, opencv_w2c_to_opengl_c2w, umeyama
+from da3_splat.model.preprocess import VIDEO_EXTENSIONS, list_images, load_image, read_video_frames
+from nerfstudio_plugin.errors import DataError, one_line_errors
+from nerfstudio_plugin.initialise import DEFAULT_WEIGHTS, load_da3
+
+MIN_VIEWS = 2
+ANCHORS = 4  # views shared by every DA3 pass when the images do not fit in one (ties the passes' frames together)
+
+
+@dataclass
+class DA3ImagesDataParserConfig(DataParserConfig):
+    """Photos or a video without cameras: Depth Anything 3 predicts the cameras and intrinsics."""
+
+    _target: Type = field(default_factory=lambda: DA3ImagesDataParser)
+    data: Path = Path()
+    """A folder of images (not recursive) or a video (.mp4 .mov .avi .mkv .webm)."""
+    weights: str = DEFAULT_WEIGHTS
+    """DA3 weights that predict the cameras (see --pipeline.model.weights)."""
+    process_res: int = 504
+    """Longest side, in pixels, of the images DA3 sees."""
+    max_views_per_pass: int = 64
+    """Images per DA3 pass; more images run in several passes that share 4 anchor views (at least 8)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where DA3 runs to predict the cameras."""
+    video_stride: int = 1
+    """Video: keep every N-th frame."""
+    max_frames: Optional[int] = None
+    """Video: keep at most this many frames."""
+    eval_mode: Literal["interval", "all"] = "interval"
+    """interval: every eval-interval-th image is held out for evaluation; all: every image trains and evaluates."""
+    eval_interval: int = 8
+    orientation_method: Literal["pca", "up", "vertical", "none"] = "up"
+    center_method: Literal["poses", "focus", "none"] = "poses"
+    auto_scale_poses: bool = True
+    """Scale the cameras to fit in [-1, 1], as nerfstudio-data does."""
+    scale_factor: float = 1.0
+    cameras: Optional[Path] = None
+    """A transforms.json written by an earlier run (set automatically in the run's config): reuse its cameras."""
+
+
+class DA3ImagesDataParser(DataParser):
+    config: DA3ImagesDataParserConfig
+
+    def __init__(self, config: DA3ImagesDataParserConfig):
+        super().__init__(config)
+        self._images: list[Path] | None = None
+        self._cameras: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # w2c, K, sizes (H, W)
+
+    # ----------------------------------------------------------------------------------------------
+    # nerfstudio's entry point
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
+        with one_line_errors(f"the images in {self.config.data}"):
+            paths = self.images()
+            idx = self._split(len(paths), split)
+            w2c, K, sizes = self.cameras_for(paths)
+        c2w = opencv_w2c_to_opengl_c2w(torch.from_numpy(w2c).double()).float()
+        c2w, transform = camera_utils.auto_orient_and_center_poses(
+            c2w, method=self.config.orientation_method, center_method=self.config.center_method
+        )
+        scale = self.config.scale_factor
+        if self.config.auto_scale_poses:
+            scale /= float(torch.max(torch.abs(c2w[:, :3, 3])).clamp(min=1e-8))
+        c2w[:, :3, 3] *= scale
+        K_t, sizes_t = torch.from_numpy(K).float(), torch.from_numpy(sizes)
+        cameras = Cameras(
+            camera_to_worlds=c2w[idx, :3, :4], fx=K_t[idx, 0, 0:1], fy=K_t[idx, 1, 1:2], cx=K_t[idx, 0, 2:3],
+            cy=K_t[idx, 1, 2:3], width=sizes_t[idx, 1:2], height=sizes_t[idx, 0:1],
+            camera_type=CameraType.PERSPECTIVE,
+        )  # fmt: skip
+        return DataparserOutputs(
+            image_filenames=[paths[i] for i in idx], cameras=cameras,
+            scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]])),
+            dataparser_scale=scale, dataparser_transform=transform,
+        )  # fmt: skip
+
+    def _split(self, n: int, split: str) -> list[int]:
+        if self.config.eval_mode == "all":
+            return list(range(n))
+        if self.config.eval_interval < 2:
+            raise DataError(f"--eval-interval must be at least 2, got {self.config.eval_interval}")
+        is_eval = [i % self.config.eval_interval == 0 for i in range(n)]
+        return [i for i in range(n) if is_eval[i] == (split != "train")]
+
+    # ----------------------------------------------------------------------------------------------
+    # Images
+
+    def images(self) -> list[Path]:
+        """The input images: the folder's, or the video's kept frames (extracted once into a cache folder)."""
+        if self._images is None:
+            data = Path(self.config.data)
+            if not data.exists():
+                raise DataError(f"data not found: {data}")
+            if data.is_file() and data.suffix.lower() in VIDEO_EXTENSIONS:
+                self._images = self._video_frames(data)
+            elif data.is_dir():
+                self._images = [p.resolve() for p in list_images(data)]
+            else:
+                raise DataError(f"da3-images takes a folder of images or a video, got {data}")
+            if len(self._images) < MIN_VIEWS:
+                raise DataError(f"{data} has {len(self._images)} image; da3-images needs at least {MIN_VIEWS}")
+        return self._images
+
+    def _video_frames(self, video: Path) -> list[Path]:
+        stat = video.stat()
+        key = f"{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.config.video_stride}|{self.config.max_frames}"
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "da3-splat" / "video-frames"
+        folder = cache / hashlib.sha1(key.encode()).hexdigest()[:16]
+        done = folder / "frames.json"
+        if not done.is_file():
+            import cv2
+
+            frames = read_video_frames(video, self.config.max_frames, self.config.video_stride)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, frame in enumerate(frames):
+                cv2.imwrite(str(folder / f"frame_{i + 1:05d}.png"), frame[..., ::-1])
+            done.write_text(json.dumps({"video": str(video.resolve()), "frames": len(frames)}))
+        n = json.loads(done.read_text())["frames"]
+        return [folder / f"frame_{i + 1:05d}.png" for i in range(n)]
+
+    # ----------------------------------------------------------------------------------------------
+    # Cameras
+
+    def cameras_for(self, paths: list[Path]):
+        """(w2c (N, 4, 4) OpenCV, K (N, 3, 3) in pixels of each image, sizes (N, 2) [H, W]) for ``paths``: from
+        ``--cameras`` when it is given and still there, else predicted by DA3 (once per process)."""
+        if self._cameras is None:
+            file = self.config.cameras
+            if file is not None and Path(file).is_file():
+                self._cameras = read_cameras(Path(file), paths)
+            else:
+                if file is not None:
+                    CONSOLE.print(f"[yellow]warning:[/] {file} is gone; predicting the cameras again")
+                self._cameras = self._predict(paths)
+        return self._cameras
+
+    def _predict(self, paths: list[Path]):
+        from da3_splat.predict import resolve_device
+        if self.config.max_views_per_pass < 2 * ANCHORS:
+            got = self.config.max_views_per_pass
+            raise DataError(f"--max-views-per-pass must be at least {2 * ANCHORS}, got {got}")
+        images = [load_image(p) for p in paths]  # InputError names an unreadable file
+        device = resolve_device(self.config.device)
+        model = load_da3(self.config.weights, device)
+        if not model.has_cameras:
+            raise DataError(f"{self.config.weights} predicts no cameras; da3-images needs an any-view model")
+        CONSOLE.log(f"DA3 predicts the cameras of {len(images)} images")
+        w2c, K = predict_cameras(model, images, self.config.process_res, self.config.max_views_per_pass)
+        sizes = np.array([im.shape[:2] for im in images], dtype=np.int64)
+        return w2c, K, sizes
+
+    def save_cameras(self, run_dir: Path) -> Path | None:
+        """Write the cameras to ``run_dir/transforms.json`` (image paths relative to it, nerfstudio-readable)
+        and point this parser's config at the file; -> the file."""
+        if self._cameras is None or self._images is None:
+            return None
+        run_dir = Path(run_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        w2c, K, sizes = self._cameras
+        rel = [os.path.relpath(p, run_dir) for p in self._images]
+        file = write_transforms(run_dir / TRANSFORMS_FILE, rel, w2c, K, sizes)
+        self.config.cameras = file
+        CONSOLE.log(f"Cameras predicted by DA3 written to {file}")
+        return file
+
+
+def predict_cameras(model, images: list[np.ndarray], process_res: int, max_views: int):
+    """DA3's cameras for every image, in one frame: w2c (N, 4, 4), K (N, 3, 3) in pixels of each image.
+
+    More images than ``max_views`` run in passes that all include the same ``ANCHORS`` views (spread over the
+    sequence); each later pass is mapped into the first one's frame by the similarity that best aligns its anchor
+    cameras (their centres and a point one camera-spacing in front of each, so rotation is fixed too)."""
+    n = len(images)
+    anchors: list[int] = []
+    groups = [list(range(n))]
+    if n > max_views:
+        anchors = sorted(set(np.linspace(0, n - 1, ANCHORS).round().astype(int).tolist()))
+        rest = [i for i in range(n) if i not in anchors]
+        groups = [g.tolist() for g in np.array_split(rest, math.ceil(len(rest) / (max_views - len(anchors))))]
+    w2c, K = np.zeros((n, 4, 4), np.float32), np.zeros((n, 3, 3), np.float32)
+    ref = None
+    for group in groups:
+        ids = anchors + group
+        pred = model.infer([images[i] for i in ids], process_res=process_res)
+        e = as_homogeneous(torch.from_numpy(pred.extrinsics).double())
+        if anchors:
+            if ref is None:
+                ref = e[: len(anchors)]
+            else:
+                R, t, s = umeyama(_anchor_points(e[: len(anchors)]), _anchor_points(ref))
+                e = apply_sim3_to_w2c(e, R, t, s)
+        H, W = pred.depth.shape[1:]
+        for j, i in enumerate(ids):
+            if i in anchors and group is not groups[0]:
+                continue  # anchors keep the first pass's cameras
+            h, w = images[i].shape[:2]
+            k = pred.intrinsics[j].astype(np.float64).copy()
+            k[0] *= w / W  # processed pixels -> this image's pixels (the resize may change the aspect slightly)
+            k[1] *= h / H
+            w2c[i], K[i] = e[j].numpy(), k
+    return w2c, K
+
+
+def _anchor_points(w2c: torch.Tensor) -> torch.Tensor:
+    centres = camera_centers(w2c)
+    spacing = torch.cdist(centres, centres).max().clamp(min=1e-6)
+    forward = w2c[:, 2, :3]  # camera +z in world coordinates
+    return torch.cat([centres, centres + spacing * forward])
+
+
+def read_cameras(file: Path, paths: list[Path]):
+    """Cameras of ``paths`` from a transforms.json that :meth:`DA3ImagesDataParser.save_cameras` wrote (frames
+    matched by resolved image path)."""
+    from da3_splat.geometry import opengl_c2w_to_opencv_w2c
+
+    try:
+        frames = json.loads(file.read_text())["frames"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"cannot read the cameras in {file}: {e}") from None
+    by_path = {(file.parent / f["file_path"]).resolve(): f for f in frames}
+    missing = [p.name for p in paths if p.resolve() not in by_path]
+    if missing:
+        raise DataError(f"{file} has no camera for {len(missing)} image(s), e.g. {missing[0]}; the images changed?")
+    chosen = [by_path[p.resolve()] for p in paths]
+    c2w = torch.tensor([f["transform_matrix"] for f in chosen], dtype=torch.float64)
+    w2c = opengl_c2w_to_opencv_w2c(c2w).float().numpy()
+    K = np.array([[[f["fl_x"], 0, f["cx"]], [0, f["fl_y"], f["cy"]], [0, 0, 1]] for f in chosen], np.float32)
+    sizes = np.array([[f["h"], f["w"]] for f in chosen], np.int64)
+    return w2c, K, sizes
+
+
+# The entry point's object. It lives here, not in config.py, because nerfstudio loads dataparser plugins while its
+# datamanager module is half imported: this module may import nothing that imports a datamanager.
+da3_images_dataparser = DataParserSpecification(
+    config=DA3ImagesDataParserConfig(),
+    description="Photos or a video without cameras: Depth Anything 3 predicts them (da3-splat)",
+)
