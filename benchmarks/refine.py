@@ -157,15 +157,22 @@ def main() -> None:
         desk = None if args.no_mydesk else mydesk_subset(root, 96)
         if desk is not None:
             scenes.append(("mydesk", desk, r / 2))
-        for name, path, res_scale in scenes:
+        for k, (name, path, res_scale) in enumerate(scenes):
             for init in ("da3", "random"):
                 cfg = scene_config(path, init, args, root / "runs", res_scale, B, name.replace(" ", "_"))
                 print(f"{name}, {init} start: {B} steps ...", file=sys.stderr, flush=True)
                 results.setdefault(name, {})[init] = refine(cfg, eval_steps)
+            if k + 1 < len(scenes):  # keep what is measured so far, should the run be cut short
+                partial = f"\n**Partial: {k + 1} of {len(scenes)} scenes so far.**\n"
+                _write(out, report(results, eval_steps, args, load_before, None, desk is not None) + partial)
         gpu = gpu_full_run(scenes[0][1], args, root) if torch.cuda.is_available() else None
 
     text = report(results, eval_steps, args, load_before, gpu, desk is not None)
     print(text)
+    _write(out, text)
+
+
+def _write(out: Path | None, text: str) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

@@ -118,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = parse(argv)
     except KeyboardInterrupt:
         sys.exit(130)
+    except _user_error_types() as exc:  # e.g. an unknown training preset, found while parsing
+        print(f"error: {describe_error(exc)}", file=sys.stderr, flush=True)
+        sys.exit(1)
     sys.exit(run(config))
 
 

@@ -274,7 +274,7 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(0.9, 0.95))
-    scheduler = warmup_cosine(optimizer, cfg.optim.warmup, cfg.steps)
+    scheduler = warmup_cosine(optimizer, cfg.optim.warmup, max(cfg.steps, 1))  # --steps 0: saves the start
     lpips_fn = load_lpips(device) if cfg.loss.lpips > 0 else None
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
