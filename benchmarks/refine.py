@@ -130,7 +130,7 @@ def mydesk_subset(root: Path, frames: int) -> Path | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="da3-tiny-synthetic")
-    ap.add_argument("--budget", type=int, default=60, help="refinement steps of each run")
+    ap.add_argument("--budget", type=int, default=200, help="refinement steps of each run")
     ap.add_argument("--res-scale", type=float, default=0.5, help="training/target image size, x 135x240")
     ap.add_argument("--scenes", type=int, default=2, help="synthetic held-out scenes")
     ap.add_argument("--frames", type=int, default=48)
@@ -218,7 +218,8 @@ def report(results, eval_steps, args, load_before, gpu, has_mydesk) -> str:
         + ("; mydesk: frames 0-95 (images_4, 270x480)" if has_mydesk else "")
         + f"; all trained and evaluated at {round(135 * args.res_scale)}x{round(240 * args.res_scale)}",
         f"- refinement: {B} steps, splatfacto's schedule shrunk to the budget (warm-up {B // 10}, densify every "
-        f"{max(B // 12, 10)}, no opacity reset, SH degree +1 every {max(B // 4, 1)})",
+        f"{max(B // 12, 10)}, no opacity reset, SH degree +1 every {max(B // 4, 1)}); as in splatfacto, "
+        "densification waits (training views + densify interval) steps after the step-0 opacity reset",
         "- dataset point cloud: none of these scenes has one (no ply_file_path), so that column is absent",
     ]
     text = machine_header("Refinement: DA3 start vs random start (`benchmarks/refine.py`)", extra)
