@@ -5,7 +5,7 @@ It keeps splatfacto's parameter layout (``gauss_params``), losses, densification
 
 - ``populate_modules`` builds empty parameters; :meth:`DA3SplatModel.initialise` (called by the pipeline once the
   training images are loaded) fills them from DA3 feed-forward, or from random points / the dataset's point
-  cloud for comparison. splatfacto's own set-up would also download LPIPS weights and call ``.cuda()``.
+  cloud for comparison. splatfacto's own set-up would also download LPIPS weights and move tensors to CUDA unconditionally.
 - ``get_outputs`` renders with ``da3_splat.render.render``: gsplat on CUDA, the project's torch renderer elsewhere.
 - ``refine_steps``: after that many steps the Gaussians are frozen and training stops; 0 gives the pure
   feed-forward result (one no-op step, then the checkpoint).
