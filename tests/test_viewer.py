@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -397,7 +398,8 @@ def test_server_answers_and_gui_actions(splat_dir, gaussians, tmp_path):
 
 @needs_viser
 def test_cli_serves_until_ctrl_c(ns_run):
-    """`da3-splat view RUN` as a user runs it: answers HTTP on loopback, and Ctrl-C ends it cleanly (exit 0)."""
+    """`da3-splat view RUN` as a user runs it: says it is ready, answers HTTP on loopback, and Ctrl-C ends it
+    cleanly (exit 0)."""
     import signal
     import sys
     import time
@@ -407,21 +409,26 @@ def test_cli_serves_until_ctrl_c(ns_run):
     proc = subprocess.Popen([sys.executable, "-m", "da3_splat.cli", "view", str(ns_run), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    ready = f"open http://127.0.0.1:{port} in a browser"
     try:
-        status, deadline = None, time.monotonic() + WAIT_S
-        while status is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).status
-            except OSError:
-                time.sleep(0.5)
-        assert status == 200, proc.stderr.read() if proc.poll() is not None else "no answer"
+        # The viewer says when it is ready (scene drawn); Ctrl-C is sent after that, as a user would.
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + WAIT_S
+        while not any(ready in line for line in lines) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert any(ready in line for line in lines), proc.stderr.read() if proc.poll() is not None else "not ready"
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status == 200
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        err = proc.stderr.read()
+        reader.join(10)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert f"open http://127.0.0.1:{port} in a browser" in out and "error" not in err
+    assert "error" not in err
 
 
 @needs_viser

@@ -11,6 +11,7 @@ budgets and saved PLYs use the scene's own coordinates.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -143,8 +144,10 @@ class ViewerApp:
     def url(self) -> str:
         return f"http://{self.server.get_host()}:{self.server.get_port()}"
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop serving and wait for a running selection; returns whether no background work is left."""
         self.server.stop()
+        return self._worker.idle.wait(timeout)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the selection is computed and drawn (tests, scripts)."""
@@ -402,18 +405,29 @@ def serve(cfg: ViewConfig) -> None:
         scene = None
     else:
         scene = load_scene(cfg.path, cfg.thumbnail_size)
-    app = ViewerApp(cfg, scene)
-    if live is not None:
-        live.attach(app)
-        live.start()
-    print(f"da3-splat view: open {app.url} in a browser (Ctrl-C to stop)", flush=True)
-    if cfg.host != LOOPBACK:
-        print(f"note: listening on {cfg.host}: anyone who can reach it can view the scene and save PLYs to "
-              f"{cfg.save_dir or (scene.save_dir if scene else 'the current folder')}", flush=True)  # fmt: skip
+    app = None
     try:
+        # The page is served from inside ViewerApp(), so Ctrl-C from then on (even while the GUI or the scene
+        # is still being built) is a clean stop.
+        app = ViewerApp(cfg)
+        if scene is not None:
+            app.set_scene(scene)
+        if live is not None:
+            live.attach(app)
+            live.start()
+        print(f"da3-splat view: open {app.url} in a browser (Ctrl-C to stop)", flush=True)
+        if cfg.host != LOOPBACK:
+            print(f"note: listening on {cfg.host}: anyone who can reach it can view the scene and save PLYs to "
+                  f"{cfg.save_dir or (scene.save_dir if scene else 'the current folder')}", flush=True)  # fmt: skip
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        app.stop()
+        idle = app is None or app.stop() and (live is None or live.wait(0.0))
+        if not idle:
+            # A daemon thread still inside a torch op would abort interpreter shutdown ("terminate called
+            # without an active exception"); nothing is left to save, so leave at once.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
