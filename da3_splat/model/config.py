@@ -50,6 +50,9 @@ class DA3Config:
     # use NVS_SCALE_MAX (1 px): their Gaussians are one per pixel of the input, and the CPU renderer's cost grows
     # with each splat's area, so a head free to reach 3 px splats makes training steps several times dearer.
     gs_scale_max: float = 30.0
+    # The head's colour is a residual on the input pixel's colour (da3-splat NVS heads); the official head
+    # predicts it outright. With the shortcut a small head keeps the input's texture instead of learning it.
+    gs_rgb_shortcut: bool = False
     # Nested model: an any-view model plus a metric model whose depth sets the scale.
     nested_metric: str | None = None
     nested_anyview: str | None = None
@@ -137,7 +140,7 @@ def with_nvs_head(
     head = DPTConfig("gs", f, oc, gs_head_channels(sh_degree), False, True)
     return replace(
         config, gs_head=head, gs_sh_degree=sh_degree, gs_planar_depth=True, gs_scale_max=NVS_SCALE_MAX,
-        model_name=model_name or config.model_name,
+        gs_rgb_shortcut=True, model_name=model_name or config.model_name,
     )  # fmt: skip
 
 

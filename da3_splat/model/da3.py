@@ -146,16 +146,19 @@ class DA3(nn.Module):
 
     def _gaussians(self, patch, x: Tensor, out: dict, gt_extrinsics: Tensor | None, cameras=None):
         from da3_splat.model.gs_adapter import raw_to_gaussians
+        from da3_splat.model.preprocess import denormalize
 
         H, W = x.shape[-2:]
         gs = self.gs_head(patch, H, W, images=x.float())
         # By default the depth lives in the model's predicted camera frame, so the predicted cameras place the
         # Gaussians even when GT cameras were given (those only fix the scale).
         w2c, K = cameras if cameras is not None else (out["extrinsics"], out["intrinsics"])
+        colors = denormalize(x.float()).permute(0, 1, 3, 4, 2) if self.config.gs_rgb_shortcut else None
         return raw_to_gaussians(
             gs["raw"], gs["opacity"], out["depth"], w2c, K,
             gt_extrinsics=None if cameras is not None else gt_extrinsics, sh_degree=self.config.gs_sh_degree,
             planar_depth=self.config.gs_planar_depth, scale_max=self.config.gs_scale_max,
+            colors=colors,
         )  # fmt: skip
 
     @staticmethod

@@ -23,7 +23,7 @@ from da3_splat.geometry import (
     rigid_inverse,
     umeyama,
 )
-from da3_splat.sh import num_sh_bases, rotate_sh
+from da3_splat.sh import RGB2SH, num_sh_bases, rotate_sh
 
 SCALE_MIN, SCALE_MAX = 1e-5, 30.0
 SCALE_MULTIPLIER = 0.1  # scales are in units of "pixel footprint at the Gaussian's depth"
@@ -95,6 +95,7 @@ def raw_to_gaussians(
     sh_degree: int = 2,
     planar_depth: bool = False,
     scale_max: float = SCALE_MAX,
+    colors: Tensor | None = None,
 ) -> Gaussians:
     """Turn GS-head outputs into world-space Gaussians.
 
@@ -105,6 +106,8 @@ def raw_to_gaussians(
     along the ray; the official adapter (False) uses it as the distance directly, a quirk its GS head was
     trained around. NVS heads trained with da3-splat use True, so they need not learn the conversion.
     scale_max: upper end of the scale range (units of 0.1 pixel footprint; the official adapter's 30).
+    colors: (B, S, H, W, 3) input pixel colours in [0, 1]; when given, the head's DC colour is a residual on them
+    (da3-splat NVS heads; the official adapter has no such shortcut).
     Returns Gaussians with leading dim B and N = S * H * W.
     """
     B, S, H, W, C = raw.shape
@@ -158,6 +161,8 @@ def raw_to_gaussians(
     # SH: colour-major channels -> (K, 3), damp higher bands, carry from camera to world frame.
     sh = sh_raw.unflatten(-1, (3, K)) * sh_mask(sh_degree, raw.device, raw.dtype)
     sh = rotate_sh(sh.transpose(-1, -2), R[:, :, None, None])
+    if colors is not None:  # the DC band is rotation invariant, so the residual can be added in world frame
+        sh = torch.cat([sh[..., :1, :] + RGB2SH(colors.to(sh.dtype))[..., None, :], sh[..., 1:, :]], dim=-2)
 
     N = S * H * W
     return Gaussians(

@@ -61,3 +61,25 @@ def test_scale_range_is_the_configs():
     # std = scale_max * 0.1 * (1/fx + 1/fy) * distance: 30 -> 1.2 units here, 10 -> 0.4
     torch.testing.assert_close(big, torch.full_like(big, 30 * 0.1 * 0.2 * 2.0), rtol=1e-5, atol=0)
     torch.testing.assert_close(small, torch.full_like(small, NVS_SCALE_MAX * 0.1 * 0.2 * 2.0), rtol=1e-5, atol=0)
+
+
+def test_rgb_shortcut_makes_the_colour_a_residual_on_the_input_pixel():
+    from da3_splat.model.gs_adapter import num_raw_channels, raw_to_gaussians
+    from da3_splat.sh import SH2RGB
+
+    assert with_nvs_head(get_config("da3-small")).gs_rgb_shortcut and not get_config("da3-giant").gs_rgb_shortcut
+    torch.manual_seed(2)
+    B, S, H, W = 1, 2, 3, 5
+    raw = torch.randn(B, S, H, W, num_raw_channels(1))
+    raw[..., 9:] = 0.0  # no colour from the head
+    colors = torch.rand(B, S, H, W, 3)
+    K = torch.tensor([[5.0, 0, 2.5], [0, 5.0, 1.5], [0, 0, 1]]).expand(B, S, 3, 3)
+    w2c, depth, opacity = torch.eye(4).expand(B, S, 4, 4), torch.ones(B, S, H, W), torch.full((B, S, H, W), 0.5)
+    g = raw_to_gaussians(raw, opacity, depth, w2c, K, sh_degree=1, colors=colors)
+    torch.testing.assert_close(SH2RGB(g.sh[..., 0, :]), colors.reshape(B, -1, 3), atol=1e-6, rtol=0)
+    assert g.sh[..., 1:, :].abs().max() == 0
+    # a head colour moves it off the pixel's colour by exactly the residual
+    raw[..., 9] = 0.4  # red DC channel (colour-major)
+    g = raw_to_gaussians(raw, opacity, depth, w2c, K, sh_degree=1, colors=colors)
+    torch.testing.assert_close(SH2RGB(g.sh[..., 0, 0]) - colors.reshape(B, -1, 3)[..., 0],
+                               torch.full((B, S * H * W), 0.4 * 0.28209479177387814), atol=1e-6, rtol=0)
