@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--views", type=int, default=12, help="training views DA3 sees")
     ap.add_argument("--gaussians", type=int, default=10000, help="DA3 budget and random-start count")
-    ap.add_argument("--process-res", type=int, default=224)
+    ap.add_argument("--process-res", type=int, default=None, help="default: the model's own")
     ap.add_argument("--no-mydesk", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 scene, 40 steps, no mydesk")
     ap.add_argument("--out", type=Path, default=None)
@@ -212,7 +212,7 @@ def report(results, eval_steps, args, load_before, gpu, has_mydesk) -> str:
     extra = [
         f"- load average (1/5/15 min) before: {load_before}; after: {loadavg()} (other processes share the cores)",
         f"- weights: `{args.weights}`; DA3 on {args.views} farthest-point training views at process-res "
-        f"{args.process_res}; {args.gaussians:,} Gaussians at the start for both (DA3: voxel-merged to that budget; "
+        f"{args.process_res or 'of the model'}; {args.gaussians:,} Gaussians at the start for both (DA3: voxel-merged to that budget; "
         "random: splatfacto's cube of side 10 around the normalised scene)",
         f"- synthetic: {args.scenes} held-out scenes (seed {SEED}), {args.frames} frames rendered at 135x240"
         + ("; mydesk: frames 0-95 (images_4, 270x480)" if has_mydesk else "")

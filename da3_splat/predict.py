@@ -36,8 +36,9 @@ class PredictConfig:
     """Output folder; it must be new or empty unless --overwrite is given."""
     model: str = DEFAULT_MODEL
     """Weights: Hugging Face repo id, folder with config.json + model.safetensors, .safetensors file, random:CONFIG."""
-    process_res: int = 504
-    """Longest side, in pixels, of the images the network sees (then rounded to multiples of 14)."""
+    process_res: int | None = None
+    """Longest side, in pixels, of the images the network sees (then rounded to multiples of 14)
+    (default: the model's own: 504 for the official models, the training resolution for models trained here)."""
     poses: Path | None = None
     """Known cameras: a nerfstudio transforms.json (or its folder), matched by file name; outputs use its frame."""
     overwrite: bool = False
@@ -61,7 +62,7 @@ class PredictConfig:
 
 
 def _check_config(cfg: PredictConfig) -> None:
-    if cfg.process_res < 14:
+    if cfg.process_res is not None and cfg.process_res < 14:
         raise InputError(f"--process-res must be at least 14, got {cfg.process_res}")
     if cfg.video_stride < 1:
         raise InputError(f"--video-stride must be at least 1, got {cfg.video_stride}")
@@ -176,6 +177,25 @@ def load_inputs(cfg, paths, names, poses, console):
     return images, names, extrinsics, intrinsics
 
 
+def load_model_and_inputs(cfg, paths, names, poses, device: str, console, needs_cameras: str | None = None):
+    """Load the model, then decode the inputs (so a bad weight source fails before the slow part); ->
+    model, (images, names, extrinsics, intrinsics), timings. ``needs_cameras``: the command's name, when it
+    refuses models that predict no cameras."""
+    t0 = time.perf_counter()
+    with _status(console, f"Loading model {cfg.model} ..."):
+        model = load_model(cfg.model, device, console)
+    if needs_cameras and not model.has_cameras:
+        raise InputError(
+            f"{model.config.model_name} predicts no cameras; {needs_cameras} needs an any-view model "
+            f"(e.g. {DEFAULT_MODEL})"
+        )
+    timings = {"load_model": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    inputs = load_inputs(cfg, paths, names, poses, console)
+    timings["load_inputs"] = time.perf_counter() - t0
+    return model, inputs, timings
+
+
 def load_model(src: str, device: str, console):
     import torch
 
@@ -251,14 +271,9 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
     _check_config(cfg)
     paths, names, poses, device = prepare_inputs(cfg, _check_no_clobber)
 
-    t0 = time.perf_counter()
-    with _status(console, f"Loading model {cfg.model} ..."):
-        model = load_model(cfg.model, device, console)
-    timings = {"load_model": time.perf_counter() - t0}
-
-    t0 = time.perf_counter()
-    images, names, extrinsics, intrinsics = load_inputs(cfg, paths, names, poses, console)
-    timings["load_inputs"] = time.perf_counter() - t0
+    model, (images, names, extrinsics, intrinsics), timings = load_model_and_inputs(
+        cfg, paths, names, poses, device, console
+    )
 
     t0 = time.perf_counter()
     with _status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):
@@ -273,7 +288,8 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
 
     summary = {
         "model": cfg.model, "model_name": model.config.model_name, "input": str(cfg.input), "device": device,
-        "process_res": cfg.process_res, "poses": None if cfg.poses is None else str(cfg.poses),
+        "process_res": cfg.process_res or model.config.process_res,
+        "poses": None if cfg.poses is None else str(cfg.poses),
         "use_ray_pose": cfg.use_ray_pose, "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }  # fmt: skip
     with _progress(console) as bar:

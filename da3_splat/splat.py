@@ -48,8 +48,9 @@ class SplatConfig:
     """splat.ply holds at most this many Gaussians (neighbours are merged to fit)."""
     poses: Path | None = None
     """Known cameras: a nerfstudio transforms.json (or its folder), matched by file name; outputs use its frame."""
-    process_res: int = 504
-    """Longest side, in pixels, of the images the network sees (then rounded to multiples of 14)."""
+    process_res: int | None = None
+    """Longest side, in pixels, of the images the network sees (then rounded to multiples of 14)
+    (default: the model's own: 504 for the official models, the training resolution for models trained here)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run the model and the renderer: auto picks cuda when available."""
     overwrite: bool = False
@@ -72,7 +73,7 @@ class SplatConfig:
 
 def _check_config(cfg: SplatConfig) -> None:
     checks = [
-        (cfg.process_res >= 14, f"--process-res must be at least 14, got {cfg.process_res}"),
+        (cfg.process_res is None or cfg.process_res >= 14, f"--process-res must be at least 14, got {cfg.process_res}"),
         (cfg.max_gaussians >= 1, f"--max-gaussians must be at least 1, got {cfg.max_gaussians}"),
         (cfg.path_frames >= 1, f"--path-frames must be at least 1, got {cfg.path_frames}"),
         (cfg.fps >= 1, f"--fps must be at least 1, got {cfg.fps}"),
@@ -225,7 +226,7 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
 
     from da3_splat.build import gaussians_from_prediction
     from da3_splat.export import write_json
-    from da3_splat.predict import _status, load_inputs, load_model, prepare_inputs
+    from da3_splat.predict import _status, load_model_and_inputs, prepare_inputs
 
     console = console or Console(stderr=True, soft_wrap=True)
     out_console = out_console or Console(soft_wrap=True, highlight=False)
@@ -233,24 +234,16 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
     _check_config(cfg)
     paths, names, poses, device = prepare_inputs(cfg, _check_inputs_kept)
 
-    t0 = time.perf_counter()
-    with _status(console, f"Loading model {cfg.model} ..."):
-        model = load_model(cfg.model, device, console)
-    if not model.has_cameras:
-        raise InputError(
-            f"{model.config.model_name} predicts no cameras; splat needs an any-view model (e.g. {DEFAULT_MODEL})"
-        )
-    timings = {"load_model": time.perf_counter() - t0}
-
-    t0 = time.perf_counter()
-    images, names, extrinsics, intrinsics = load_inputs(cfg, paths, names, poses, console)
-    timings["load_inputs"] = time.perf_counter() - t0
+    model, (images, names, extrinsics, intrinsics), timings = load_model_and_inputs(
+        cfg, paths, names, poses, device, console, needs_cameras="splat"
+    )
 
     t0 = time.perf_counter()
     with _status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):
         pred = model.infer(images, extrinsics=extrinsics, intrinsics=intrinsics, process_res=cfg.process_res,
                            infer_gs=model.has_gs_head)  # fmt: skip
     timings["inference"] = time.perf_counter() - t0
+    process_res = cfg.process_res or model.config.process_res
     del images, model
 
     t0 = time.perf_counter()
@@ -278,7 +271,8 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
         timings["path"] = time.perf_counter() - t0
 
     info = {
-        "model": cfg.model, "input": str(cfg.input), "device": device, "process_res": cfg.process_res,
+        "model": cfg.model, "input": str(cfg.input), "device": device,
+        "process_res": process_res,
         "poses": None if cfg.poses is None else str(cfg.poses), "source": source,
         "num_gaussians": g.num_gaussians, "max_gaussians": cfg.max_gaussians, "num_views": S,
         "processed_size": [int(H), int(W)], "is_metric": bool(pred.is_metric),

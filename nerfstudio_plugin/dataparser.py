@@ -44,8 +44,9 @@ class DA3ImagesDataParserConfig(DataParserConfig):
     """A folder of images (not recursive) or a video (.mp4 .mov .avi .mkv .webm)."""
     weights: str = DEFAULT_WEIGHTS
     """DA3 weights that predict the cameras (see --pipeline.model.weights)."""
-    process_res: int = 504
-    """Longest side, in pixels, of the images DA3 sees."""
+    process_res: int | None = None
+    """Longest side, in pixels, of the images DA3 sees
+    (default: the model's own: 504 for the official models, the training resolution for models trained here)."""
     max_views_per_pass: int = 64
     """Images per DA3 pass; more images run in several passes that share 4 anchor views (at least 8)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -192,7 +193,7 @@ class DA3ImagesDataParser(DataParser):
         return file
 
 
-def predict_cameras(model, images: list[np.ndarray], process_res: int, max_views: int):
+def predict_cameras(model, images: list[np.ndarray], process_res: int | None, max_views: int):
     """DA3's cameras for every image, in one frame: w2c (N, 4, 4), K (N, 3, 3) in pixels of each image.
 
     More images than ``max_views`` run in passes that all include the same ``ANCHORS`` views (spread over the

@@ -36,7 +36,7 @@ class FeedForwardSettings:
     weights: str
     num_views: int  # 0: every training view
     chunk_size: int  # views per DA3 pass
-    process_res: int
+    process_res: int | None  # None: the model's own
     max_gaussians: int
     conf_percentile: float
     use_gs_head: bool

@@ -64,8 +64,9 @@ class DA3SplatModelConfig(SplatfactoModelConfig):
     """Training views DA3 sees (farthest-point subset over position and direction); 0: all of them."""
     chunk_size: int = 16
     """Views per DA3 pass; lower it when memory is short (each chunk is aligned to the known cameras)."""
-    process_res: int = 504
-    """Longest side, in pixels, of the images DA3 sees (then rounded to multiples of 14)."""
+    process_res: int | None = None
+    """Longest side, in pixels, of the images DA3 sees (then rounded to multiples of 14)
+    (default: the model's own: 504 for the official models, the training resolution for models trained here)."""
     max_gaussians: int = 500_000
     """Budget for the feed-forward Gaussians (neighbours are voxel-merged to fit)."""
     conf_percentile: float = 0.0

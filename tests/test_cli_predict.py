@@ -72,13 +72,17 @@ def model_dir(root):
     return DA3.from_config("da3-small").save_pretrained(root / "model")
 
 
-@pytest.fixture(scope="module")
-def images(root):
-    d = root / "images"
+def write_noise_images(d: Path, count: int = 3) -> Path:
+    """``count`` 90x160 noise PNGs im0.png, im1.png, ... in a new folder ``d``."""
     d.mkdir()
-    for i in range(3):
+    for i in range(count):
         cv2.imwrite(str(d / f"im{i}.png"), _noise(90, 160, i))
     return d
+
+
+@pytest.fixture(scope="module")
+def images(root):
+    return write_noise_images(root / "images")
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +372,7 @@ def test_unexpected_errors_debug_and_ctrl_c(monkeypatch, capsys):
 def test_parse_builds_predict_config(tmp_path):
     cfg = cli.parse(["predict", "in", "-o", "out", "--max-frames", "4", "--device", "cpu", "--overwrite"])
     assert isinstance(cfg, PredictConfig) and cfg.input == Path("in") and cfg.output == Path("out")
-    assert (cfg.max_frames, cfg.device, cfg.overwrite, cfg.process_res) == (4, "cpu", True, 504)
+    assert (cfg.max_frames, cfg.device, cfg.overwrite, cfg.process_res) == (4, "cpu", True, None)
     assert cli.runner_for(cfg).__name__ == "run_predict"
 
 

@@ -13,7 +13,7 @@ from da3_splat.data.transforms import read_transforms
 from da3_splat.ply import read_ply
 from da3_splat.render.camera_path import find_ffmpeg
 from da3_splat.splat import path_cameras
-from tests.test_cli_predict import _noise, assert_user_error, run_cli
+from tests.test_cli_predict import assert_user_error, run_cli, write_noise_images
 
 MODEL = "random:da3-small"
 BUDGET = 3000
@@ -27,11 +27,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(root):
-    d = root / "images"
-    d.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(d / f"im{i}.png"), _noise(90, 160, i))
-    return d
+    return write_noise_images(root / "images")
 
 
 @pytest.fixture(scope="module")

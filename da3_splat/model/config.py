@@ -50,9 +50,12 @@ class DA3Config:
     # use NVS_SCALE_MAX (1 px): their Gaussians are one per pixel of the input, and the CPU renderer's cost grows
     # with each splat's area, so a head free to reach 3 px splats makes training steps several times dearer.
     gs_scale_max: float = 30.0
-    # The head's colour is a residual on the input pixel's colour (da3-splat NVS heads); the official head
-    # predicts it outright. With the shortcut a small head keeps the input's texture instead of learning it.
+    # Optionally, an NVS head's colour is a residual on the input pixel's colour (the official head predicts it
+    # outright); a small head then need not learn the texture, though on da3-tiny-synthetic it did not help.
     gs_rgb_shortcut: bool = False
+    # Longest image side the model sees unless told otherwise (infer's default): the official models' 504, the
+    # training resolution for models trained with da3-splat (a small model trained at 224 px misjudges depth at 504).
+    process_res: int = 504
     # Nested model: an any-view model plus a metric model whose depth sets the scale.
     nested_metric: str | None = None
     nested_anyview: str | None = None
@@ -127,7 +130,11 @@ NVS_SCALE_MAX = 10.0
 
 
 def with_nvs_head(
-    config: DA3Config, features: int | None = None, sh_degree: int = 2, model_name: str | None = None
+    config: DA3Config,
+    features: int | None = None,
+    sh_degree: int = 2,
+    model_name: str | None = None,
+    rgb_shortcut: bool = False,
 ) -> DA3Config:
     """``config`` plus a trainable NVS head: a GS-DPT on the same backbone features, mapped through DA3's
     Gaussian adapter. ``features`` sets its width (default: the geometry head's); its per-level channels
@@ -140,7 +147,7 @@ def with_nvs_head(
     head = DPTConfig("gs", f, oc, gs_head_channels(sh_degree), False, True)
     return replace(
         config, gs_head=head, gs_sh_degree=sh_degree, gs_planar_depth=True, gs_scale_max=NVS_SCALE_MAX,
-        gs_rgb_shortcut=True, model_name=model_name or config.model_name,
+        gs_rgb_shortcut=rgb_shortcut, model_name=model_name or config.model_name,
     )  # fmt: skip
 
 

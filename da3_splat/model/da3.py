@@ -71,11 +71,11 @@ class DA3(nn.Module):
 
         return infer(self, images, **kw)
 
-    def add_nvs_head(self, features: int | None = None, sh_degree: int = 2) -> "DA3":
+    def add_nvs_head(self, features: int | None = None, sh_degree: int = 2, rgb_shortcut: bool = False) -> "DA3":
         """Attach a freshly initialised NVS head (GS-DPT, see ``config.with_nvs_head``) in place; returns self."""
         from da3_splat.model.config import with_nvs_head
 
-        self.config = with_nvs_head(self.config, features, sh_degree)
+        self.config = with_nvs_head(self.config, features, sh_degree, rgb_shortcut=rgb_shortcut)
         p = next(self.parameters())
         self.gs_head = DPTHead(self.config.gs_head, self.config.head_dim_in, self.head.chunk).to(p)
         return self

@@ -63,7 +63,7 @@ def infer(
     images,
     extrinsics=None,
     intrinsics=None,
-    process_res: int = 504,
+    process_res: int | None = None,
     process_res_method: str = "upper_bound_resize",
     ref_view_strategy: str = "saddle_balanced",
     use_ray_pose: bool = False,
@@ -79,12 +79,14 @@ def infer(
     units (extrinsics are the given ones). ``gs_given_cameras`` (with known cameras): place the GS head's
     Gaussians with the given cameras, as posed NVS training does, and map depth and Gaussians back with the
     exact inverse of the pose normalisation instead of aligning the predicted cameras.
+    ``process_res`` (longest side after resizing) defaults to the model's ``config.process_res``.
     """
     if extrinsics is not None and intrinsics is None:
         raise InputError("known poses need intrinsics too (pass intrinsics together with extrinsics)")
     if extrinsics is not None and not model.has_cameras:
         raise InputError(f"{model.config.model_name} predicts no cameras and takes no poses")
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    process_res = process_res or model.config.process_res
     pre = preprocess(images, process_res, process_res_method, intrinsics=intrinsics, extrinsics=extrinsics)
     x = pre.images[None].to(device)
     w2c_in = K_in = w2c_norm = None

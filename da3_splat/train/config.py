@@ -25,6 +25,9 @@ class ModelSpec:
     """Width of the NVS head added when the weights have none (default: the geometry head's width)."""
     sh_degree: int = 1
     """SH degree of the NVS head added when the weights have none."""
+    rgb_shortcut: bool = False
+    """The added NVS head predicts colour as a residual on the input pixel's colour (on da3-tiny-synthetic it
+    converged in fewer steps but ended 0.3 dB lower: benchmarks/results/nvs_tiny_rgb_shortcut.md)."""
     model_name: str | None = None
     """Name saved with the trained weights (default: the starting model's)."""
 

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +83,14 @@ def build_model(cfg: TrainConfig, device: torch.device):
     else:
         model = DA3.from_pretrained(src)
     if cfg.model.model_name:
-        from dataclasses import replace
-
         model.config = replace(model.config, model_name=cfg.model.model_name)
+    # Saved with the weights: inference then defaults to the resolution the model was trained at.
+    model.config = replace(model.config, process_res=max(cfg.data.height, cfg.data.width))
     if "nvs" in cfg.train or cfg.train == "all":
         if model.config.is_nested:
             raise InputError("train the any-view model of a nested checkpoint, not the nested wrapper")
         if not model.has_gs_head:
-            model.add_nvs_head(cfg.model.nvs_features, cfg.model.sh_degree)
+            model.add_nvs_head(cfg.model.nvs_features, cfg.model.sh_degree, cfg.model.rgb_shortcut)
     prefixes = TRAINABLE[cfg.train]
     for name, p in model.named_parameters():
         p.requires_grad_(any(name.startswith(pre) for pre in prefixes))

@@ -34,6 +34,17 @@ def test_infer_shapes_and_units(small):
     np.testing.assert_allclose(with_rays.depth, pred.depth, rtol=1e-6)
 
 
+def test_default_resolution_is_the_models_own(small):
+    from dataclasses import replace
+
+    assert small.config.process_res == 504  # the official models' resolution
+    small.config = replace(small.config, process_res=84)  # e.g. a model trained here at 84 px
+    try:
+        assert small.infer(_images(1)).processed_images.shape == (1, 42, 84, 3)
+    finally:
+        small.config = replace(small.config, process_res=504)
+
+
 @pytest.mark.parametrize("S", [2, 4])
 def test_known_poses_are_returned_and_depth_rescaled(small, S):
     g = torch.Generator().manual_seed(S)

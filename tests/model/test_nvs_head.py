@@ -67,7 +67,8 @@ def test_rgb_shortcut_makes_the_colour_a_residual_on_the_input_pixel():
     from da3_splat.model.gs_adapter import num_raw_channels, raw_to_gaussians
     from da3_splat.sh import SH2RGB
 
-    assert with_nvs_head(get_config("da3-small")).gs_rgb_shortcut and not get_config("da3-giant").gs_rgb_shortcut
+    assert with_nvs_head(get_config("da3-small"), rgb_shortcut=True).gs_rgb_shortcut
+    assert not with_nvs_head(get_config("da3-small")).gs_rgb_shortcut and not get_config("da3-giant").gs_rgb_shortcut
     torch.manual_seed(2)
     B, S, H, W = 1, 2, 3, 5
     raw = torch.randn(B, S, H, W, num_raw_channels(1))

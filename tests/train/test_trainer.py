@@ -73,6 +73,10 @@ def test_resume_continues_exactly(scenes, arch, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("nvs/mse" in x and "geometry/depth" in x for x in lines)
+    # the saved model remembers its training resolution, and inference defaults to it
+    from da3_splat.model import DA3
+
+    assert DA3.from_pretrained(str(tmp_path / "a" / "model")).config.process_res == 56
 
 
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(scenes, arch, tmp_path):
