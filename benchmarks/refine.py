@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import tempfile
@@ -70,14 +69,15 @@ def scene_config(data: Path, init: str, args, out_dir: Path, res_scale: float, b
 
 @torch.no_grad()
 def target_psnr(pipeline) -> float:
+    from da3_splat.eval import psnr
+
     model = pipeline.model
     model.eval()
     values = []
     for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
         out = model.get_outputs_for_camera(camera)
         gt = model.composite_with_background(model.get_gt_img(batch["image"]), out["background"])
-        mse = torch.mean((out["rgb"] - gt[..., :3]) ** 2).clamp(min=1e-10)
-        values.append(-10 * math.log10(float(mse)))
+        values.append(float(psnr(out["rgb"].permute(2, 0, 1), gt[..., :3].permute(2, 0, 1))))
     model.train()
     return sum(values) / len(values)
 
@@ -224,7 +224,7 @@ def report(results, eval_steps, args, load_before, gpu, has_mydesk) -> str:
     ]
     text = machine_header("Refinement: DA3 start vs random start (`benchmarks/refine.py`)", extra)
     text += "\n## PSNR (dB) on the target views\n\n" + md_table(headers, rows)
-    text += f"\n## Bar: DA3 start within 1/5 of the steps reaches the random start's final PSNR\n\n" + "\n".join(bar)
+    text += "\n## Bar: DA3 start within 1/5 of the steps reaches the random start's final PSNR\n\n" + "\n".join(bar)
     text += "\n\n## Time\n\n" + md_table(["run", "set-up s (DA3 incl.)", "refinement s", "s / step",
                                           "Gaussians at start", "at end"], times)  # fmt: skip
     text += "\n## Full 7k-step run on CUDA\n\n"

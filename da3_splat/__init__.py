@@ -1,6 +1,9 @@
 """da3-splat: photos to 3D Gaussian Splatting with Depth Anything 3 as the geometry backbone."""
 
 __version__ = "0.1.0"
+# The model shipped in da3_splat/weights/ (trained here; `make tiny-model`): the offline default of the demo,
+# `da3-splat eval` and the nerfstudio method.
+BUNDLED_MODEL = "da3-tiny-synthetic"
 
 
 def __getattr__(name):
@@ -16,4 +19,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["DA3", "Prediction", "__version__"]
+__all__ = ["BUNDLED_MODEL", "DA3", "Prediction", "__version__"]

@@ -20,9 +20,8 @@ from typing import Annotated, Literal
 
 import tyro
 
+from da3_splat import BUNDLED_MODEL
 from da3_splat.errors import InputError
-
-DEFAULT_WEIGHTS = "da3-tiny-synthetic"
 
 
 @dataclass
@@ -32,7 +31,7 @@ class DemoConfig:
 
     output: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")] = Path("demo_out")
     """Output folder (new or empty unless --overwrite)."""
-    weights: str = DEFAULT_WEIGHTS
+    weights: str = BUNDLED_MODEL
     """DA3 weights for the feed-forward start (bundled name, Hugging Face id, folder, .safetensors)."""
     frames: int = 32
     """Frames of the synthetic scene (every 8th is held out)."""

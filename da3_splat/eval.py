@@ -129,13 +129,18 @@ def _module_available(name: str) -> bool:
         return False
 
 
+def alexnet_weights_present() -> bool:
+    """Whether torchvision's AlexNet weights (LPIPS's backbone) are already on disk (nothing is downloaded)."""
+    return any(_torch_hub_checkpoints().glob(_ALEXNET_GLOB))
+
+
 def lpips_unavailable_reason() -> str | None:
     """Why LPIPS cannot be loaded from local files, or None when it can (checks only; loads nothing)."""
     for pkg in ("lpips", "torchvision"):
         if not _module_available(pkg):
             return f"the {pkg!r} package is not installed (LPIPS skipped; it is never downloaded)"
-    folder = _torch_hub_checkpoints()
-    if not any(folder.glob(_ALEXNET_GLOB)):
+    if not alexnet_weights_present():
+        folder = _torch_hub_checkpoints()
         return f"AlexNet backbone weights ({_ALEXNET_GLOB}) are not in {folder} (LPIPS skipped; never downloaded)"
     return None
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import tyro
 
+from da3_splat import BUNDLED_MODEL
 from da3_splat.errors import InputError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that `da3-splat --help` stays fast
@@ -43,7 +44,7 @@ class EvalConfig:
     """Scene folders or folders of scenes (DL3DV layouts, synthetic)."""
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
     """Output folder (new or empty unless --overwrite)."""
-    model: str = "da3-tiny-synthetic"
+    model: str = BUNDLED_MODEL
     """Weights: Hugging Face repo id, folder, .safetensors file, a bundled name, random:CONFIG."""
     index: Path | None = None
     """Evaluation index JSON ({scene: {context: [...], targets: [...]}}); default: each scene's eval_index.json

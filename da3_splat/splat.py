@@ -73,7 +73,8 @@ class SplatConfig:
 
 def _check_config(cfg: SplatConfig) -> None:
     checks = [
-        (cfg.process_res is None or cfg.process_res >= 14, f"--process-res must be at least 14, got {cfg.process_res}"),
+        (cfg.process_res is None or cfg.process_res >= 14,
+         f"--process-res must be at least 14, got {cfg.process_res}"),
         (cfg.max_gaussians >= 1, f"--max-gaussians must be at least 1, got {cfg.max_gaussians}"),
         (cfg.path_frames >= 1, f"--path-frames must be at least 1, got {cfg.path_frames}"),
         (cfg.fps >= 1, f"--fps must be at least 1, got {cfg.fps}"),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from da3_splat import BUNDLED_MODEL
 from da3_splat.build import gaussians_from_prediction
 from da3_splat.data.sampling import farthest_point_views
 from da3_splat.errors import InputError
@@ -24,7 +25,7 @@ from da3_splat.geometry import camera_centers, opengl_c2w_to_opencv_w2c
 from da3_splat.reduce import reduce_to_budget
 from da3_splat.sh import RGB2SH, SH2RGB
 
-DEFAULT_WEIGHTS = "da3-tiny-synthetic"  # bundled with da3_splat (da3_splat/weights/)
+DEFAULT_WEIGHTS = BUNDLED_MODEL
 # A classic 3DGS start: opacity 0.1 everywhere (as splatfacto and the reference implementation).
 INITIAL_OPACITY = 0.1
 # Opacity is stored as a logit: keep it finite for splats DA3 trusts fully.

@@ -88,19 +88,12 @@ class _OptionalLPIPS:
         self._metric = None
         self._checked = False
 
-    @staticmethod
-    def weights_present() -> bool:
-        import os
-
-        from torchvision.models import AlexNet_Weights
-
-        name = os.path.basename(AlexNet_Weights.IMAGENET1K_V1.url)
-        return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", name))
-
     def __call__(self, a: Tensor, b: Tensor) -> Tensor:
         if not self._checked:
             self._checked = True
-            if self.weights_present():
+            from da3_splat.eval import alexnet_weights_present
+
+            if alexnet_weights_present():
                 from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
                 self._metric = LearnedPerceptualImagePatchSimilarity(normalize=True)

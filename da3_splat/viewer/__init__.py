@@ -70,7 +70,8 @@ def check_config(cfg: ViewConfig) -> None:
         (cfg.max_gaussians >= 1, f"--max-gaussians must be at least 1, got {cfg.max_gaussians}"),
         (0.0 <= cfg.min_opacity <= 1.0, f"--min-opacity must be in [0, 1], got {cfg.min_opacity}"),
         (0 <= cfg.conf_percentile < 100, f"--conf-percentile must be in [0, 100), got {cfg.conf_percentile}"),
-        (cfg.process_res is None or cfg.process_res >= 14, f"--process-res must be at least 14, got {cfg.process_res}"),
+        (cfg.process_res is None or cfg.process_res >= 14,
+         f"--process-res must be at least 14, got {cfg.process_res}"),
         (cfg.thumbnail_size >= 8, f"--thumbnail-size must be at least 8, got {cfg.thumbnail_size}"),
     ]
     for ok, message in checks:

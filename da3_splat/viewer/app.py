@@ -424,7 +424,7 @@ def serve(cfg: ViewConfig) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        idle = app is None or app.stop() and (live is None or live.wait(0.0))
+        idle = app is None or (app.stop() and (live is None or live.wait(0.0)))
         if not idle:
             # A daemon thread still inside a torch op would abort interpreter shutdown ("terminate called
             # without an active exception"); nothing is left to save, so leave at once.
