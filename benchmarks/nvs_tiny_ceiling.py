@@ -1,0 +1,99 @@
+"""Where the tiny model's novel-view PSNR is lost: its depth's scale, its depth's shape, or the NVS head (issue 5).
+
+    python benchmarks/nvs_tiny_ceiling.py [--scenes data/synthetic/val] [--model da3-tiny-synthetic] [--max-scenes 20]
+
+Same scenes, views and resolution as `benchmarks/nvs_tiny.py` (each scene's eval_index.json, 4 context views,
+126x224, posed: GT context cameras). Side by side on every scene:
+- the trained NVS head,
+- head-free Gaussians from the model's own depth (the issue's baseline),
+- the same with the depth multiplied by one oracle factor per scene (the median GT/predicted depth ratio over the
+  context views): what a perfect scale alone would give,
+- head-free Gaussians from the GT depth: the ceiling of any per-pixel placement at these views.
+Also the depth's error: |log| of the per-scene scale factor, and the mean |log depth error| after it is applied.
+Writes benchmarks/results/nvs_tiny_ceiling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _common import RESULTS, machine_header, md_table  # benchmarks/ is on sys.path as the script's folder
+
+import numpy as np
+import torch
+
+from da3_splat.build import headfree_gaussians
+from da3_splat.data.dataset import NVSDataset, collate
+from da3_splat.eval import psnr
+from da3_splat.gaussians import Gaussians
+from da3_splat.model import DA3
+from da3_splat.train.nvs import SceneBatch, predict, render_views
+from da3_splat.train.trainer import scene_list
+
+
+def target_psnr(batch: SceneBatch, gaussians: Gaussians) -> float:
+    H, W = batch.target_images.shape[-2:]
+    rgb, _ = render_views(gaussians, batch.target_w2c, batch.target_K, H, W)
+    return float(psnr(rgb.flatten(0, 1).clamp(0, 1), batch.target_images.flatten(0, 1)).mean())
+
+
+def headfree(batch: SceneBatch, depth: torch.Tensor, conf: torch.Tensor | None) -> Gaussians:
+    images = batch.context_images[0].permute(0, 2, 3, 1)
+    return Gaussians.stack([headfree_gaussians(depth, images, batch.context_w2c[0], batch.context_K[0], conf)])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scenes", type=Path, default=Path("data/synthetic/val"))
+    p.add_argument("--model", default="da3-tiny-synthetic")
+    p.add_argument("--max-scenes", type=int, default=20)
+    p.add_argument("--out", type=Path, default=RESULTS / "nvs_tiny_ceiling.md")
+    a = p.parse_args()
+    if not a.scenes.is_dir():
+        raise SystemExit(f"error: {a.scenes} not found; `make tiny-model` generates the held-out scenes")
+    model = DA3.from_pretrained(a.model).eval()
+    paths = scene_list([a.scenes])[: a.max_scenes]
+    data = NVSDataset.for_evaluation(paths, size=(126, 224), num_context=4, downscale=4)
+    names = ["trained NVS head", "head-free, own depth", "head-free, own depth x oracle scale", "head-free, GT depth"]
+    scores: dict[str, list[float]] = {n: [] for n in names}
+    log_scale, log_err = [], []
+    with torch.inference_mode():
+        for i in range(len(data)):
+            batch = SceneBatch.from_dataset(collate([data[i]]))
+            out = predict(model, batch, posed=True, nvs=model.has_gs_head)
+            depth, conf, gt = out["depth"][0], out["depth_conf"][0], batch.context_depth[0]
+            ok = torch.isfinite(gt) & (gt > 0) & (depth > 0)
+            ratio = (gt[ok].log() - depth[ok].log()).median()
+            scaled = depth * ratio.exp()
+            log_scale.append(abs(float(ratio)))
+            log_err.append(float((scaled[ok].log() - gt[ok].log()).abs().mean()))
+            if model.has_gs_head:
+                scores[names[0]].append(target_psnr(batch, out["gaussians"]))
+            scores[names[1]].append(target_psnr(batch, headfree(batch, depth, conf)))
+            scores[names[2]].append(target_psnr(batch, headfree(batch, scaled, conf)))
+            scores[names[3]].append(target_psnr(batch, headfree(batch, gt, None)))
+            line = "  ".join(f"{n}: {v[-1]:.2f}" for n, v in scores.items() if v)
+            print(f"{paths[i].name}: scale x{float(ratio.exp()):.2f}  {line}", flush=True)
+
+    base = float(np.mean(scores[names[1]]))
+    rows = [[n, f"{np.mean(v):.2f}", f"{np.mean(v) - base:+.2f}"] for n, v in scores.items() if v]
+    text = machine_header(
+        "Where the tiny model's NVS PSNR goes (`benchmarks/nvs_tiny_ceiling.py`)",
+        [f"- model: {a.model}; {len(paths)} held-out scenes from {a.scenes}; 126x224, 4 context views, targets every "
+         "8th frame, posed (GT context cameras)"],
+    )  # fmt: skip
+    text += "\n## Target-view PSNR (mean over scenes)\n\n"
+    text += md_table(["Gaussians", "PSNR (dB)", "vs head-free, own depth"], rows)
+    text += "\n## The model's posed depth against GT (context views)\n\n"
+    text += md_table(
+        ["measure", "median", "mean", "max"],
+        [["per-scene scale error, x", *(f"{np.exp(f(log_scale)):.2f}" for f in (np.median, np.mean, np.max))],
+         ["mean abs log error after that scale", *(f"{f(log_err):.3f}" for f in (np.median, np.mean, np.max))]],
+    )  # fmt: skip
+    a.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
