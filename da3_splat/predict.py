@@ -288,7 +288,7 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
 
     summary = {
         "model": cfg.model, "model_name": model.config.model_name, "input": str(cfg.input), "device": device,
-        "process_res": cfg.process_res or model.config.process_res,
+        "process_res": model.process_res_for(cfg.process_res),
         "poses": None if cfg.poses is None else str(cfg.poses),
         "use_ray_pose": cfg.use_ray_pose, "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }  # fmt: skip

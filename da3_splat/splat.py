@@ -244,7 +244,7 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
         pred = model.infer(images, extrinsics=extrinsics, intrinsics=intrinsics, process_res=cfg.process_res,
                            infer_gs=model.has_gs_head)  # fmt: skip
     timings["inference"] = time.perf_counter() - t0
-    process_res = cfg.process_res or model.config.process_res
+    process_res = model.process_res_for(cfg.process_res)
     del images, model
 
     t0 = time.perf_counter()

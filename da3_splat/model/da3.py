@@ -80,6 +80,10 @@ class DA3(nn.Module):
         self.gs_head = DPTHead(self.config.gs_head, self.config.head_dim_in, self.head.chunk).to(p)
         return self
 
+    def process_res_for(self, requested: int | None) -> int:
+        """Longest image side to run at: ``requested``, else the model's own (``config.process_res``)."""
+        return requested or self.config.process_res
+
     @property
     def has_gs_head(self) -> bool:
         return (self.anyview if self.config.is_nested else self).config.gs_head is not None

@@ -86,7 +86,7 @@ def infer(
     if extrinsics is not None and not model.has_cameras:
         raise InputError(f"{model.config.model_name} predicts no cameras and takes no poses")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    process_res = process_res or model.config.process_res
+    process_res = model.process_res_for(process_res)
     pre = preprocess(images, process_res, process_res_method, intrinsics=intrinsics, extrinsics=extrinsics)
     x = pre.images[None].to(device)
     w2c_in = K_in = w2c_norm = None

@@ -73,7 +73,7 @@ class LiveRunner:
         gui = app.server.gui
         with gui.add_folder("DA3 (live)"):
             self.folder = gui.add_text("Images", str(self.cfg.images))
-            res = self.cfg.process_res or self.model.config.process_res
+            res = self.model.process_res_for(self.cfg.process_res)
             self.process_res = gui.add_number("Process res", res, min=14, step=14)
             self.run_button = gui.add_button("Run DA3")
             self.status = gui.add_markdown(f"Model: `{self.cfg.model}` ({self.device})")
