@@ -56,6 +56,10 @@ class DA3Config:
     # Longest image side the model sees unless told otherwise (infer's default): the official models' 504, the
     # training resolution for models trained with da3-splat (a small model trained at 224 px misjudges depth at 504).
     process_res: int = 504
+    # With known cameras (``gs_cameras``), rescale the predicted depth to them by photometric consistency between the
+    # views (geometry.photometric_depth_scale) before placing Gaussians. For small models that do not learn to
+    # triangulate the scale from the camera tokens (da3-tiny-synthetic: depth off by a median x1.77 without it).
+    posed_depth_calibration: bool = False
     # Nested model: an any-view model plus a metric model whose depth sets the scale.
     nested_metric: str | None = None
     nested_anyview: str | None = None

@@ -113,7 +113,8 @@ class DA3(nn.Module):
         scale_factor (nested). ``return_rays=False`` skips the ray branch (about half of the head's cost)
         unless ``use_ray_pose`` needs it; the official net computes it and then discards it.
         ``gs_cameras`` (w2c (B, S, 3|4, 4), K (B, S, 3, 3)): place the Gaussians with these cameras instead of the
-        predicted ones (training with known poses, where depth is predicted in the given cameras' frame).
+        predicted ones (training with known poses, where depth is predicted in the given cameras' frame). With
+        ``config.posed_depth_calibration`` the depth is first rescaled to these cameras (``depth_scale``, (B,)).
         """
         if self.config.is_nested:
             return self._forward_nested(
@@ -142,11 +143,33 @@ class DA3(nn.Module):
                     out["extrinsics"], out["intrinsics"] = cameras_from_rays(out["ray"], out["ray_conf"], H, W)
                 else:
                     out["extrinsics"], out["intrinsics"] = self.cam_dec.cameras(feats[-1][1].float(), H, W)
+            if gs_cameras is not None and self.config.posed_depth_calibration:
+                self._calibrate_depth(out, x, *gs_cameras)
             if infer_gs and self.config.gs_head is not None:
                 out["gaussians"] = self._gaussians(patch, x, out, extrinsics, gs_cameras)
         if "sky" in out:
             out["depth"] = self._fill_sky(out["depth"], out["sky"] < SKY_THRESHOLD, None)[0]
         return out
+
+    @staticmethod
+    def _calibrate_depth(out: dict, x: Tensor, w2c: Tensor, K: Tensor) -> None:
+        """Scale depth (and the predicted cameras' translations with it) to the given cameras, per sample."""
+        from da3_splat.geometry import photometric_depth_scale
+        from da3_splat.model.preprocess import denormalize
+
+        images = denormalize(x.float()).clamp(0, 1)
+        scale = torch.stack([
+            photometric_depth_scale(out["depth"][b].detach().float(), images[b], w2c[b], K[b])
+            for b in range(x.shape[0])
+        ]).to(out["depth"])  # fmt: skip
+        out["depth"] = out["depth"] * scale[:, None, None, None]
+        if "extrinsics" in out:
+            ext = out["extrinsics"].clone()
+            ext[..., :3, 3] = ext[..., :3, 3] * scale[:, None, None]
+            out["extrinsics"] = ext
+        if "ray" in out:
+            out["ray"] = torch.cat([out["ray"][..., :3], out["ray"][..., 3:] * scale[:, None, None, None, None]], -1)
+        out["depth_scale"] = scale
 
     def _gaussians(self, patch, x: Tensor, out: dict, gt_extrinsics: Tensor | None, cameras=None):
         from da3_splat.model.gs_adapter import raw_to_gaussians

@@ -78,7 +78,8 @@ def infer(
     condition the model on known cameras; the returned depth and cameras are then in the caller's frame and
     units (extrinsics are the given ones). ``gs_given_cameras`` (with known cameras): place the GS head's
     Gaussians with the given cameras, as posed NVS training does, and map depth and Gaussians back with the
-    exact inverse of the pose normalisation instead of aligning the predicted cameras.
+    exact inverse of the pose normalisation instead of aligning the predicted cameras. Models with
+    ``config.posed_depth_calibration`` always do so, their depth rescaled to the given cameras.
     ``process_res`` (longest side after resizing) defaults to the model's ``config.process_res``.
     """
     if extrinsics is not None and intrinsics is None:
@@ -94,7 +95,7 @@ def infer(
         w2c_in = as_homogeneous(torch.from_numpy(pre.extrinsics).float()[None]).to(device)
         K_in = torch.from_numpy(pre.intrinsics).float()[None].to(device)
         w2c_norm = normalize_extrinsics(w2c_in)
-    given = gs_given_cameras and w2c_norm is not None
+    given = (gs_given_cameras or model.config.posed_depth_calibration) and w2c_norm is not None
     with autocast_for(device):
         out = model(
             x, w2c_norm, K_in, ref_view_strategy=ref_view_strategy, use_ray_pose=use_ray_pose,

@@ -30,6 +30,9 @@ class ModelSpec:
     converged in fewer steps but ended 0.3 dB lower: benchmarks/results/nvs_tiny_rgb_shortcut.md)."""
     model_name: str | None = None
     """Name saved with the trained weights (default: the starting model's)."""
+    posed_depth_calibration: bool | None = None
+    """Set the model's posed depth calibration (depth rescaled to the known cameras by photometric consistency
+    before the Gaussians are placed); saved with the weights. None keeps the starting model's setting."""
 
 
 @dataclass

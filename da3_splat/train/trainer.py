@@ -84,6 +84,8 @@ def build_model(cfg: TrainConfig, device: torch.device):
         model = DA3.from_pretrained(src)
     if cfg.model.model_name:
         model.config = replace(model.config, model_name=cfg.model.model_name)
+    if cfg.model.posed_depth_calibration is not None:
+        model.config = replace(model.config, posed_depth_calibration=cfg.model.posed_depth_calibration)
     # Saved with the weights: inference then defaults to the resolution the model was trained at.
     model.config = replace(model.config, process_res=max(cfg.data.height, cfg.data.width))
     if "nvs" in cfg.train or cfg.train == "all":
