@@ -126,6 +126,18 @@ def test_identity_camera_geometry():
     torch.testing.assert_close(out.scales[0], s * dist[:, None] * foot)
 
 
+def test_log_depth_offset_is_a_factor_on_depth():
+    raw, opacity, depth, _, K = _random_inputs(1, 1, 6, 10, seed=3, dtype=torch.float64)
+    w2c = torch.eye(4, dtype=torch.float64)[:3].expand(1, 1, 3, 4)
+    out = raw_to_gaussians(raw, opacity, depth, w2c, K, log_depth_offset=True)
+    dist = (depth * torch.exp(raw[..., -1])).reshape(-1)
+    torch.testing.assert_close(out.means[0].norm(dim=-1), dist)
+    # Scale-free: doubling the depth doubles means and scales, whatever the offsets.
+    twice = raw_to_gaussians(raw, opacity, 2 * depth, w2c, K, log_depth_offset=True)
+    torch.testing.assert_close(twice.means, 2 * out.means)
+    torch.testing.assert_close(twice.scales, 2 * out.scales)
+
+
 def test_pose_alignment_scale():
     g = torch.Generator().manual_seed(0)
     pred = torch.cat([quat_xyzw_to_matrix(torch.randn(2, 5, 4, generator=g)), torch.randn(2, 5, 3, 1, generator=g)], -1)

@@ -58,8 +58,11 @@ class DA3Config:
     process_res: int = 504
     # With known cameras (``gs_cameras``), rescale the predicted depth to them by photometric consistency between the
     # views (geometry.photometric_depth_scale) before placing Gaussians. For small models that do not learn to
-    # triangulate the scale from the camera tokens (da3-tiny-synthetic: depth off by a median x1.77 without it).
+    # triangulate the scale from the camera tokens (the first da3-tiny-synthetic weights: depth off by a median x1.77).
     posed_depth_calibration: bool = False
+    # The GS head's depth-offset channel: added to the depth (official adapter) or, for da3-splat NVS heads, a log
+    # factor on it (depth * exp(offset)), so one head corrects depth alike at any scene scale.
+    gs_log_depth_offset: bool = False
     # Nested model: an any-view model plus a metric model whose depth sets the scale.
     nested_metric: str | None = None
     nested_anyview: str | None = None
@@ -151,7 +154,7 @@ def with_nvs_head(
     head = DPTConfig("gs", f, oc, gs_head_channels(sh_degree), False, True)
     return replace(
         config, gs_head=head, gs_sh_degree=sh_degree, gs_planar_depth=True, gs_scale_max=NVS_SCALE_MAX,
-        gs_rgb_shortcut=rgb_shortcut, model_name=model_name or config.model_name,
+        gs_log_depth_offset=True, gs_rgb_shortcut=rgb_shortcut, model_name=model_name or config.model_name,
     )  # fmt: skip
 
 

@@ -185,7 +185,7 @@ class DA3(nn.Module):
             gs["raw"], gs["opacity"], out["depth"], w2c, K,
             gt_extrinsics=None if cameras is not None else gt_extrinsics, sh_degree=self.config.gs_sh_degree,
             planar_depth=self.config.gs_planar_depth, scale_max=self.config.gs_scale_max,
-            colors=colors,
+            colors=colors, log_depth_offset=self.config.gs_log_depth_offset,
         )  # fmt: skip
 
     @staticmethod

@@ -96,6 +96,7 @@ def raw_to_gaussians(
     planar_depth: bool = False,
     scale_max: float = SCALE_MAX,
     colors: Tensor | None = None,
+    log_depth_offset: bool = False,
 ) -> Gaussians:
     """Turn GS-head outputs into world-space Gaussians.
 
@@ -108,6 +109,8 @@ def raw_to_gaussians(
     scale_max: upper end of the scale range (units of 0.1 pixel footprint; the official adapter's 30).
     colors: (B, S, H, W, 3) input pixel colours in [0, 1]; when given, the head's DC colour is a residual on them
     (da3-splat NVS heads; the official adapter has no such shortcut).
+    log_depth_offset: the depth-offset channel is a log factor, ``depth * exp(offset)`` (da3-splat NVS heads), not
+    an addend (official), so the correction it learns does not depend on the scene's scale.
     Returns Gaussians with leading dim B and N = S * H * W.
     """
     B, S, H, W, C = raw.shape
@@ -120,7 +123,7 @@ def raw_to_gaussians(
     w2c = as_homogeneous(extrinsics)
     c2w = rigid_inverse(w2c)
     R, origin = c2w[..., :3, :3], c2w[..., :3, 3]  # (B, S, 3, 3), (B, S, 3)
-    dist = depth + depth_offset[..., 0]
+    dist = depth * torch.exp(depth_offset[..., 0]) if log_depth_offset else depth + depth_offset[..., 0]
     if gt_extrinsics is not None:
         gt_w2c = as_homogeneous(gt_extrinsics).to(w2c)
         if not torch.equal(w2c, gt_w2c):
