@@ -8,7 +8,8 @@ Same scenes, views and resolution as `benchmarks/nvs_tiny.py` (each scene's eval
 - head-free Gaussians from the model's own depth (the issue's baseline),
 - the same with the depth multiplied by one oracle factor per scene (the median GT/predicted depth ratio over the
   context views): what a perfect scale alone would give,
-- head-free Gaussians from the GT depth: the ceiling of any per-pixel placement at these views.
+- head-free Gaussians from the GT depth: the ceiling of any per-pixel placement at these views,
+- for a plane-sweep head, head-free Gaussians at the plane-swept depth (what the head starts from).
 Also the depth's error: |log| of the per-scene scale factor, and the mean |log depth error| after it is applied.
 Writes benchmarks/results/nvs_tiny_ceiling.md.
 """
@@ -55,7 +56,8 @@ def main() -> None:
     model = DA3.from_pretrained(a.model).eval()
     paths = scene_list([a.scenes])[: a.max_scenes]
     data = NVSDataset.for_evaluation(paths, size=(126, 224), num_context=4, downscale=4)
-    names = ["trained NVS head", "head-free, own depth", "head-free, own depth x oracle scale", "head-free, GT depth"]
+    names = ["trained NVS head", "head-free, own depth", "head-free, own depth x oracle scale", "head-free, GT depth",
+             "head-free, plane-swept own depth (a plane-sweep head's start)"]  # fmt: skip
     scores: dict[str, list[float]] = {n: [] for n in names}
     log_scale, log_err = [], []
     with torch.inference_mode():
@@ -73,6 +75,8 @@ def main() -> None:
             scores[names[1]].append(target_psnr(batch, headfree(batch, depth, conf)))
             scores[names[2]].append(target_psnr(batch, headfree(batch, scaled, conf)))
             scores[names[3]].append(target_psnr(batch, headfree(batch, gt, None)))
+            if "swept_depth" in out:
+                scores[names[4]].append(target_psnr(batch, headfree(batch, out["swept_depth"][0], conf)))
             line = "  ".join(f"{n}: {v[-1]:.2f}" for n, v in scores.items() if v)
             print(f"{paths[i].name}: scale x{float(ratio.exp()):.2f}  {line}", flush=True)
 

@@ -2,7 +2,8 @@
 
 For every scene a fixed set of context and target views (an index file, or each scene's own eval_index.json:
 every 8th frame a target, farthest-point context views) goes through DA3; the NVS head's Gaussians and the
-head-free baseline (one Gaussian per pixel from the model's own depth) are rendered at the targets and scored
+head-free baseline (one Gaussian per pixel from the model's own depth; for a plane-sweep head also from the swept
+depth, so the head is compared with what the non-learned sweep gives) are rendered at the targets and scored
 with PSNR / SSIM (and LPIPS when its weights are on disk). Posed: the context cameras condition DA3 and place
 the Gaussians. Pose-free: predicted cameras, aligned to the GT context cameras before rendering the targets.
 """
@@ -130,12 +131,19 @@ def _evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn) -> dict:
             R, t, s = first_camera_alignment(out["extrinsics"], batch.context_w2c)
             w2c = torch.stack([apply_sim3_to_w2c(out["extrinsics"][b], R[b], t[b], s[b]) for b in range(len(R))])
             K = out["intrinsics"]
-        depth = out["depth"] * (s[:, None, None, None] if not posed else 1.0)
-        g = Gaussians.stack([
-            headfree_gaussians(depth[b], batch.context_images[b].permute(0, 2, 3, 1), w2c[b], K[b], out["depth_conf"][b])
-            for b in range(depth.shape[0])
-        ])  # fmt: skip
-        methods.append(("head-free", g, t_model + time.perf_counter() - t1))
+        # With a plane-sweep NVS head, also the head-free Gaussians at the swept depth: what the sweep alone gives.
+        depths = [("head-free", out["depth"])]
+        if "swept_depth" in out:
+            depths.append(("head-free-swept", out["swept_depth"]))
+        for name, depth in depths:
+            depth = depth * (s[:, None, None, None] if not posed else 1.0)
+            g = Gaussians.stack([
+                headfree_gaussians(
+                    depth[b], batch.context_images[b].permute(0, 2, 3, 1), w2c[b], K[b], out["depth_conf"][b]
+                )
+                for b in range(depth.shape[0])
+            ])  # fmt: skip
+            methods.append((name, g, t_model + time.perf_counter() - t1))
     for name, g, secs in methods:
         t2 = time.perf_counter()
         rgb, _ = render_views(g, batch.target_w2c, batch.target_K, H, W)
@@ -217,7 +225,7 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
     write_json(cfg.output / "metrics.json", summary)
     for mode, res in summary["results"].items():
         for name, s in res.items():
-            console.print(f"{mode:9s} {name:9s} PSNR {s['psnr']:.2f} dB  SSIM {s['ssim']:.3f}  "
+            console.print(f"{mode:9s} {name:15s} PSNR {s['psnr']:.2f} dB  SSIM {s['ssim']:.3f}  "
                           f"{s['gaussians']:.0f} Gaussians  {s['seconds_per_scene']:.2f} s/scene", highlight=False)  # fmt: skip
     if summary["depth"]:
         console.print(f"depth AbsRel {summary['depth']['abs_rel']:.3f} (constant-depth baseline "

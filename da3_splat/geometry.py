@@ -11,10 +11,7 @@ Conventions used across da3-splat:
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # OpenCV <-> OpenGL camera axes differ by flipping y and z.
@@ -294,74 +291,3 @@ def apply_sim3_to_w2c(w2c: Tensor, R: Tensor, t: Tensor, s: Tensor) -> Tensor:
     out = w2c.clone()
     out[..., :3, :3], out[..., :3, 3] = R_new, t_new
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Depth scale from known cameras
-
-
-def _warp_cost(cam: Tensor, images: Tensor, w2c: Tensor, K: Tensor, factor: float, max_error: float,
-               min_overlap: float) -> Tensor:
-    """Truncated L1 between every view and the other views warped onto it with depth ``factor * cam``."""
-    S, H, W, _ = cam.shape
-    c2w = rigid_inverse(w2c)
-    world = torch.einsum("sij,shwj->shwi", c2w[:, :3, :3], factor * cam) + c2w[:, None, None, :3, 3]
-    total = cam.new_zeros(())
-    for j in range(S):
-        others = [i for i in range(S) if i != j]
-        pj = torch.einsum("ij,shwj->shwi", w2c[j, :3, :3], world[others]) + w2c[j, :3, 3]
-        z = pj[..., 2]
-        uv = torch.einsum("ij,shwj->shwi", K[j], pj)[..., :2] / z.clamp(min=1e-6)[..., None]
-        grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], dim=-1)
-        ok = (z > 1e-6) & (grid.abs() < 1).all(dim=-1)
-        sampled = F.grid_sample(images[j : j + 1].expand(len(others), -1, -1, -1), grid, align_corners=False)
-        err = (sampled - images[others]).abs().mean(dim=1).clamp(max=max_error)
-        pair = torch.where(ok, err, 0.0).flatten(1).sum(1) / ok.flatten(1).sum(1).clamp(min=1)
-        overlap = ok.flatten(1).float().mean(1)
-        total = total + torch.where(overlap >= min_overlap, pair, torch.full_like(pair, max_error)).sum()
-    return total
-
-
-@torch.no_grad()
-def photometric_depth_scale(
-    depth: Tensor,
-    images: Tensor,
-    w2c: Tensor,
-    K: Tensor,
-    span: float = 8.0,
-    downsample: int = 2,
-    max_error: float = 0.25,
-    min_overlap: float = 0.2,
-) -> Tensor:
-    """The factor that puts depth maps at the scale of known cameras: the one whose warps between the views
-    agree best with the images (a plane sweep over one global scale). (S, H, W) depth, (S, 3, H, W) images in
-    [0, 1], (S, 3|4, 4) w2c, (S, 3, 3) K in pixels of the depth -> scalar tensor.
-
-    Every view is unprojected with ``factor * depth``, projected into every other view and compared with the
-    image there: L1, truncated at ``max_error`` so occlusions and the depth's own shape errors do not decide;
-    pairs that overlap on less than ``min_overlap`` of the pixels score ``max_error``. The search runs over
-    [1/span, span] in steps of 2^(1/4), then refines in steps of 2^(1/32), at 1/``downsample`` resolution.
-    A single view returns 1. With the ground-truth depth of the synthetic scenes it returns 1.00-1.15.
-    """
-    S, H, W = depth.shape
-    one = torch.ones((), device=depth.device, dtype=depth.dtype)
-    if S < 2:
-        return one
-    d, im = depth.float()[:, None], images.float()
-    if downsample > 1:
-        d, im = F.avg_pool2d(d, downsample), F.avg_pool2d(im, downsample)
-    h, w = d.shape[-2:]
-    Ks = K.float().clone()
-    Ks[:, 0] *= w / W
-    Ks[:, 1] *= h / H
-    cam = depth_to_camera_points(d[:, 0], Ks, offset=0.5)
-    w2c = as_homogeneous(w2c.float())
-
-    def best(exponents: list[float]) -> float:
-        costs = [float(_warp_cost(cam, im, w2c, Ks, 2.0**e, max_error, min_overlap)) for e in exponents]
-        return exponents[costs.index(min(costs))]
-
-    n = round(4 * math.log2(span))
-    coarse = best([k / 4 for k in range(-n, n + 1)])
-    fine = best([coarse + k / 32 for k in range(-4, 5)])
-    return one * 2.0**fine

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from da3_splat.photometric import SWEEP_CHANNELS
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -35,6 +37,7 @@ class DPTConfig:
     output_dim: int = 2
     sky: bool = False
     pos_embed: bool = True
+    extra_inputs: int = 0  # GS head: channels given beside the RGB image (da3-splat's plane-sweep features)
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,16 @@ class DA3Config:
     # training resolution for models trained with da3-splat (a small model trained at 224 px misjudges depth at 504).
     process_res: int = 504
     # With known cameras (``gs_cameras``), rescale the predicted depth to them by photometric consistency between the
-    # views (geometry.photometric_depth_scale) before placing Gaussians. For small models that do not learn to
+    # views (photometric.photometric_depth_scale) before placing Gaussians. For small models that do not learn to
     # triangulate the scale from the camera tokens (the first da3-tiny-synthetic weights: depth off by a median x1.77).
     posed_depth_calibration: bool = False
     # The GS head's depth-offset channel: added to the depth (official adapter) or, for da3-splat NVS heads, a log
     # factor on it (depth * exp(offset)), so one head corrects depth alike at any scene scale.
     gs_log_depth_offset: bool = False
+    # da3-splat NVS heads can start from a plane sweep around the predicted depth (photometric.plane_sweep, in the
+    # cameras the Gaussians are placed with): the Gaussians sit at the swept depth, times the head's log-factor
+    # offset, and the head reads the sweep's factor and costs beside the image to judge where to trust it.
+    gs_plane_sweep: bool = False
     # Nested model: an any-view model plus a metric model whose depth sets the scale.
     nested_metric: str | None = None
     nested_anyview: str | None = None
@@ -142,6 +149,7 @@ def with_nvs_head(
     sh_degree: int = 2,
     model_name: str | None = None,
     rgb_shortcut: bool = False,
+    plane_sweep: bool = False,
 ) -> DA3Config:
     """``config`` plus a trainable NVS head: a GS-DPT on the same backbone features, mapped through DA3's
     Gaussian adapter. ``features`` sets its width (default: the geometry head's); its per-level channels
@@ -151,10 +159,12 @@ def with_nvs_head(
     f = features or config.head.features
     ratio = f / config.head.features
     oc = tuple(max(8, int(round(c * ratio))) for c in config.head.out_channels)
-    head = DPTConfig("gs", f, oc, gs_head_channels(sh_degree), False, True)
+    extra = SWEEP_CHANNELS if plane_sweep else 0
+    head = DPTConfig("gs", f, oc, gs_head_channels(sh_degree), False, True, extra)
     return replace(
         config, gs_head=head, gs_sh_degree=sh_degree, gs_planar_depth=True, gs_scale_max=NVS_SCALE_MAX,
-        gs_log_depth_offset=True, gs_rgb_shortcut=rgb_shortcut, model_name=model_name or config.model_name,
+        gs_log_depth_offset=True, gs_rgb_shortcut=rgb_shortcut, gs_plane_sweep=plane_sweep,
+        model_name=model_name or config.model_name,
     )  # fmt: skip
 
 

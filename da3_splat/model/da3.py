@@ -71,11 +71,15 @@ class DA3(nn.Module):
 
         return infer(self, images, **kw)
 
-    def add_nvs_head(self, features: int | None = None, sh_degree: int = 2, rgb_shortcut: bool = False) -> "DA3":
+    def add_nvs_head(
+        self, features: int | None = None, sh_degree: int = 2, rgb_shortcut: bool = False, plane_sweep: bool = False
+    ) -> "DA3":
         """Attach a freshly initialised NVS head (GS-DPT, see ``config.with_nvs_head``) in place; returns self."""
         from da3_splat.model.config import with_nvs_head
 
-        self.config = with_nvs_head(self.config, features, sh_degree, rgb_shortcut=rgb_shortcut)
+        self.config = with_nvs_head(
+            self.config, features, sh_degree, rgb_shortcut=rgb_shortcut, plane_sweep=plane_sweep
+        )
         p = next(self.parameters())
         self.gs_head = DPTHead(self.config.gs_head, self.config.head_dim_in, self.head.chunk).to(p)
         return self
@@ -154,7 +158,7 @@ class DA3(nn.Module):
     @staticmethod
     def _calibrate_depth(out: dict, x: Tensor, w2c: Tensor, K: Tensor) -> None:
         """Scale depth (and the predicted cameras' translations with it) to the given cameras, per sample."""
-        from da3_splat.geometry import photometric_depth_scale
+        from da3_splat.photometric import photometric_depth_scale
         from da3_splat.model.preprocess import denormalize
 
         images = denormalize(x.float()).clamp(0, 1)
@@ -176,13 +180,22 @@ class DA3(nn.Module):
         from da3_splat.model.preprocess import denormalize
 
         H, W = x.shape[-2:]
-        gs = self.gs_head(patch, H, W, images=x.float())
         # By default the depth lives in the model's predicted camera frame, so the predicted cameras place the
         # Gaussians even when GT cameras were given (those only fix the scale).
         w2c, K = cameras if cameras is not None else (out["extrinsics"], out["intrinsics"])
+        head_in, depth = x.float(), out["depth"]
+        if self.config.gs_plane_sweep:
+            from da3_splat.photometric import plane_sweep, plane_sweep_features
+
+            rgb = denormalize(x.float()).clamp(0, 1)
+            sweeps = [plane_sweep(depth[b].detach().float(), rgb[b], w2c[b], K[b]) for b in range(x.shape[0])]
+            log_factor = torch.stack([s["log_factor"] for s in sweeps]).to(depth)
+            head_in = torch.cat([head_in, torch.stack([plane_sweep_features(s) for s in sweeps])], dim=2)
+            depth = out["swept_depth"] = depth * log_factor.exp()
+        gs = self.gs_head(patch, H, W, images=head_in)
         colors = denormalize(x.float()).permute(0, 1, 3, 4, 2) if self.config.gs_rgb_shortcut else None
         return raw_to_gaussians(
-            gs["raw"], gs["opacity"], out["depth"], w2c, K,
+            gs["raw"], gs["opacity"], depth, w2c, K,
             gt_extrinsics=None if cameras is not None else gt_extrinsics, sh_degree=self.config.gs_sh_degree,
             planar_depth=self.config.gs_planar_depth, scale_max=self.config.gs_scale_max,
             colors=colors, log_depth_offset=self.config.gs_log_depth_offset,

@@ -139,7 +139,8 @@ class DPTHead(nn.Module):
         self.scratch = s
         if cfg.kind == "gs":
             self.images_merger = nn.Sequential(
-                nn.Conv2d(3, 32, 3, padding=1), nn.GELU(), nn.Conv2d(32, 64, 3, padding=1), nn.GELU(),
+                nn.Conv2d(3 + cfg.extra_inputs, 32, 3, padding=1), nn.GELU(),
+                nn.Conv2d(32, 64, 3, padding=1), nn.GELU(),
                 nn.Conv2d(64, F_ // 2, 3, padding=1), nn.GELU(),
             )  # fmt: skip
 

@@ -28,6 +28,9 @@ class ModelSpec:
     rgb_shortcut: bool = False
     """The added NVS head predicts colour as a residual on the input pixel's colour (on da3-tiny-synthetic it
     converged in fewer steps but ended 0.3 dB lower: benchmarks/results/nvs_tiny_rgb_shortcut.md)."""
+    plane_sweep: bool = False
+    """The added NVS head starts from a plane sweep around the predicted depth and reads its costs
+    (``photometric.plane_sweep``): multi-view matching that the frozen depth head does not do."""
     model_name: str | None = None
     """Name saved with the trained weights (default: the starting model's)."""
     posed_depth_calibration: bool | None = None
@@ -79,6 +82,9 @@ class LossSpec:
     """Weight of LPIPS, used only when its weights are on disk (the run says whether it was)."""
     depth: float = 0.05
     """NVS head: Gaussian depth vs the frozen geometry's depth (keeps the head's depth offsets honest)."""
+    gt_depth: float = 0.0
+    """NVS head: Gaussian depth vs the ground-truth depth, where the data has it (synthetic scenes): teaches the
+    head's depth offset where to trust a plane sweep. Log-L1 in the context cameras."""
     geometry: float = 1.0
     """Weight of the DA3 depth-ray losses when geometry is trained."""
 

@@ -79,6 +79,20 @@ def test_resume_continues_exactly(scenes, arch, tmp_path):
     assert DA3.from_pretrained(str(tmp_path / "a" / "model")).config.process_res == 56
 
 
+def test_plane_sweep_head_trains_against_gt_depth(scenes, arch, tmp_path):
+    """--model.plane-sweep and --loss.gt-depth: the head's Gaussian depth is scored against the synthetic GT depth,
+    and the saved model keeps its plane sweep (it reloads and places Gaussians at the swept depth)."""
+    from da3_splat.model import DA3
+
+    args = micro_config(scenes, arch, tmp_path / "sweep", steps=2, train="nvs", posed=1.0)
+    run_train(parse_train_args(args + ["--model.plane-sweep", "--loss.gt-depth", "0.1", "--loss.depth", "0"]))
+    lines = [json.loads(x) for x in (tmp_path / "sweep" / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "nvs/mse" in x]
+    assert len(steps) == 2 and all(x["nvs/gt_depth"] > 0 and "nvs/depth" not in x for x in steps)
+    model = DA3.from_pretrained(str(tmp_path / "sweep" / "model"))
+    assert model.config.gs_plane_sweep and model.gs_head.images_merger[0].in_channels == 6
+
+
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(scenes, arch, tmp_path):
     one = micro_config(scenes, arch, tmp_path / "one", steps=3) + ["--optim.batch-size", "2", "--posed", "1.0"]
     run_train(parse_train_args(one))
