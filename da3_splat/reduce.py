@@ -131,7 +131,7 @@ def _search_voxel_size(means: Tensor, target: int, tol: float = 0.02, max_iter: 
 
 
 def _merge_groups(g: Gaussians, inv: Tensor, m: int) -> Gaussians:
-    """Merge Gaussians with equal group id ``inv`` (0..m-1): opacity-weighted moments, max opacity."""
+    """Merge Gaussians with equal group id ``inv`` (0..m-1): opacity-weighted moments, covered opacity."""
     from da3_splat.geometry import matrix_to_quat_wxyz
 
     w = g.opacities.double()
@@ -153,12 +153,21 @@ def _merge_groups(g: Gaussians, inv: Tensor, m: int) -> Gaussians:
     sign = torch.linalg.det(evecs).sign()[:, None, None]
     evecs = torch.cat([evecs[..., :1] * sign, evecs[..., 1:]], dim=-1)  # proper rotation (det +1)
 
-    # Opacity = max over the group, not 1 - prod(1 - a_i): pixel-aligned Gaussians in a voxel mostly sit side
-    # by side on a surface (a ray crosses one or a few of them), so the union's opacity stays near the largest
-    # member's; the product form would drive any voxel with tens of members to opacity 1, turning faint
-    # floaters and soft edges into opaque blobs. Max never invents opacity no member had.
+    # Opacity: how much of the merged footprint the members cover, 1 - exp(-sum_i a_i A_i / A) with A the area of
+    # the two largest axes (members overlapping at random, as translucent layers do), and never less than the
+    # most opaque member. Not 1 - prod(1 - a_i): pixel-aligned Gaussians in a voxel mostly sit side by side on a
+    # surface, and the product would drive any voxel with tens of members to opacity 1, turning faint floaters into
+    # opaque blobs; coverage stays near the largest member's opacity for those. Not max alone either: NVS heads
+    # that stack translucent layers from several views (opacity ~0.2 each) would merge into a see-through surface.
     alpha = torch.full((m,), -1.0, dtype=g.opacities.dtype, device=w.device)
     alpha = alpha.scatter_reduce(0, inv, g.opacities, reduce="amax")
+    s = g.scales.double().sort(dim=-1).values
+    covered = torch.zeros(m, dtype=torch.float64, device=w.device).index_add_(
+        0, inv, g.opacities.double() * s[:, 1] * s[:, 2]
+    )
+    merged_area = (evals[:, 1] * evals[:, 2]).sqrt().clamp(min=1e-300)
+    coverage = 1 - torch.exp(-covered / merged_area)
+    alpha = torch.maximum(alpha, coverage.to(alpha.dtype))
     return Gaussians(
         means=mu.to(g.means.dtype),
         quats=matrix_to_quat_wxyz(evecs).to(g.quats.dtype),
@@ -174,7 +183,7 @@ def voxel_merge(g: Gaussians, voxel_size: float | None = None, target_count: int
 
     Merged: opacity-weighted mean and SH; covariance = opacity-weighted second moment
     sum_i w_i (S_i + (mu_i - mu)(mu_i - mu)^T) / sum_i w_i, back to scale + quat by eigen-decomposition;
-    opacity = max (see ``_merge_groups``). Gaussians alone in their voxel are passed through untouched and come
+    opacity = the members' coverage of the merged footprint, at least their max (see ``_merge_groups``). Gaussians alone in their voxel are passed through untouched and come
     first in the result, then one Gaussian per shared voxel (in key order).
     With ``target_count`` the voxel size is searched so the result has <= target_count Gaussians, close to it.
     Returns ``g`` itself when nothing is merged.

@@ -107,9 +107,25 @@ def test_merge_of_one_voxel_is_the_weighted_moments():
     np.testing.assert_allclose(_f64(out.means[0]), mu, rtol=1e-6)
     np.testing.assert_allclose(_np_cov(_f64(out.quats), _f64(out.scales))[0], cov, rtol=1e-4, atol=1e-8)
     np.testing.assert_allclose(_f64(out.sh[0]), sh, rtol=1e-5, atol=1e-6)
-    # Opacity is the max of the members (not 1 - prod(1 - a), which would be ~1 here).
+    # Members spread over the voxel: opacity is the max of the members (not 1 - prod(1 - a), ~1 here).
     assert out.opacities[0] == g.opacities.max()
     assert 1 - np.prod(1 - w) > out.opacities[0] + 0.01
+
+
+def test_merge_of_stacked_translucent_layers_covers_like_them():
+    """Co-located translucent Gaussians (one surface seen in several views, as an NVS head predicts it) merge to
+    the opacity their stack renders with, 1 - exp(-sum a_i), not to the faint max; faint Gaussians spread side by
+    side over a larger footprint keep the max."""
+    g = _random(8, means=torch.full((8, 3), 0.5))
+    g.scales.fill_(0.1)
+    g.opacities.fill_(0.2)
+    out = voxel_merge(g, voxel_size=1.0)
+    assert out.num_gaussians == 1
+    torch.testing.assert_close(out.opacities[0], torch.tensor(1 - np.exp(-1.6), dtype=torch.float32))
+    spread = _random(8, means=torch.rand(8, 3) * 0.9)
+    spread.scales.fill_(0.001)
+    spread.opacities.fill_(0.2)
+    assert voxel_merge(spread, voxel_size=1.0).opacities[0] == 0.2
 
 
 def test_merge_of_fully_transparent_voxel_is_a_plain_average():

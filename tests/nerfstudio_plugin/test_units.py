@@ -347,5 +347,5 @@ def test_bundled_model_starts_far_ahead_of_a_random_start(synthetic_scene):
         cams = train.cameras
         model.initialise(load(train), cams.camera_to_worlds, cams.get_intrinsics_matrices(), log=lambda m: None)
         psnr[init] = _target_psnr(model, test.cameras, load(test))
-    # Measured: 16.8 vs 14.7 dB. A broken placement (scale, cameras, opacities) lands near or below the random one.
+    # Measured: 20.3 vs 14.7 dB. A broken placement (scale, cameras, opacities) lands near or below the random one.
     assert psnr["da3"] > psnr["random"] + 1.0 and psnr["da3"] > 15.5, psnr
