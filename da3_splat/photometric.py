@@ -18,6 +18,15 @@ from torch import Tensor
 from da3_splat.geometry import as_homogeneous, camera_centers, depth_to_camera_points, rigid_inverse
 
 
+def _sample_grid(p: Tensor, K: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
+    """Camera-frame points (..., h, w, 3) and intrinsics (..., 3, 3) -> ``grid_sample`` coordinates (..., h, w, 2)
+    in an H x W image (pixel centres at +0.5) and whether each point is in front of the camera and inside it."""
+    z = p[..., 2]
+    uv = torch.einsum("...ij,...hwj->...hwi", K, p)[..., :2] / z.clamp(min=1e-6)[..., None]
+    grid = uv / uv.new_tensor([W, H]) * 2 - 1
+    return grid, (z > 1e-6) & (grid.abs() < 1).all(dim=-1)
+
+
 def _warp_cost(cam: Tensor, images: Tensor, w2c: Tensor, K: Tensor, factor: float, max_error: float,
                min_overlap: float) -> Tensor:
     """Truncated L1 between every view and the other views warped onto it with depth ``factor * cam``."""
@@ -28,10 +37,7 @@ def _warp_cost(cam: Tensor, images: Tensor, w2c: Tensor, K: Tensor, factor: floa
     for j in range(S):
         others = [i for i in range(S) if i != j]
         pj = torch.einsum("ij,shwj->shwi", w2c[j, :3, :3], world[others]) + w2c[j, :3, 3]
-        z = pj[..., 2]
-        uv = torch.einsum("ij,shwj->shwi", K[j], pj)[..., :2] / z.clamp(min=1e-6)[..., None]
-        grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], dim=-1)
-        ok = (z > 1e-6) & (grid.abs() < 1).all(dim=-1)
+        grid, ok = _sample_grid(pj, K[j], H, W)
         sampled = F.grid_sample(images[j : j + 1].expand(len(others), -1, -1, -1), grid, align_corners=False)
         err = (sampled - images[others]).abs().mean(dim=1).clamp(max=max_error)
         pair = torch.where(ok, err, 0.0).flatten(1).sum(1) / ok.flatten(1).sum(1).clamp(min=1)
@@ -132,16 +138,12 @@ def plane_sweep(
     nbr = nearest_views(w2c, neighbours)  # (S, N)
     R_n, t_n, K_n = w2c[nbr, :3, :3], w2c[nbr, :3, 3], K[nbr]  # (S, N, ...)
     src = images[nbr].flatten(0, 1)  # (S*N, 3, H, W)
-    size = torch.tensor([W, H], device=depth.device, dtype=torch.float32)
     log_factors = torch.linspace(-log_range, log_range, steps, device=depth.device)
 
     def warp(f: Tensor) -> tuple[Tensor, Tensor]:
         world = torch.einsum("sij,shwj->shwi", c2w[:, :3, :3], f * cam) + c2w[:, None, None, :3, 3]
         p = torch.einsum("snij,shwj->snhwi", R_n, world) + t_n[:, :, None, None]
-        z = p[..., 2]
-        uv = torch.einsum("snij,snhwj->snhwi", K_n, p)[..., :2] / z.clamp(min=1e-6)[..., None]
-        grid = uv / size * 2 - 1
-        return grid, (z > 1e-6) & (grid.abs() < 1).all(dim=-1)
+        return _sample_grid(p, K_n, H, W)
 
     # Which neighbours see a pixel is decided once, at the predicted depth: deciding it per factor would favour
     # the factors that bring pixels into view over the ones that match.
