@@ -10,7 +10,9 @@ Same scenes, views and resolution as `benchmarks/nvs_tiny.py` (each scene's eval
   context views): what a perfect scale alone would give,
 - head-free Gaussians from the GT depth: the ceiling of any per-pixel placement at these views,
 - for a plane-sweep head, head-free Gaussians at the plane-swept depth (what the head starts from).
-Also the depth's error: |log| of the per-scene scale factor, and the mean |log depth error| after it is applied.
+Also the depth's error: |log| of the per-scene scale factor, and the mean |log depth error| after it is applied,
+and the pose-free cameras' error (what limits the pose-free protocol): relative rotation and translation direction
+between the first context camera and each other one, predicted vs GT, in degrees.
 Writes benchmarks/results/nvs_tiny_ceiling.md.
 """
 
@@ -28,7 +30,9 @@ from da3_splat.build import headfree_gaussians
 from da3_splat.data.dataset import NVSDataset, collate
 from da3_splat.eval import psnr
 from da3_splat.gaussians import Gaussians
+from da3_splat.geometry import as_homogeneous, rigid_inverse
 from da3_splat.model import DA3
+from da3_splat.model.preprocess import normalize_float
 from da3_splat.train.nvs import SceneBatch, predict, render_views
 from da3_splat.train.trainer import scene_list
 
@@ -42,6 +46,19 @@ def target_psnr(batch: SceneBatch, gaussians: Gaussians) -> float:
 def headfree(batch: SceneBatch, depth: torch.Tensor, conf: torch.Tensor | None) -> Gaussians:
     images = batch.context_images[0].permute(0, 2, 3, 1)
     return Gaussians.stack([headfree_gaussians(depth, images, batch.context_w2c[0], batch.context_K[0], conf)])
+
+
+def relative_pose_errors(pred_w2c: torch.Tensor, gt_w2c: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Degrees of rotation and of translation direction between predicted and GT pose of view j relative to view 0."""
+    P, G = as_homogeneous(pred_w2c.float()), as_homogeneous(gt_w2c.float())
+    rot, direction = [], []
+    for j in range(1, len(P)):
+        rp, rg = P[j] @ rigid_inverse(P[0]), G[j] @ rigid_inverse(G[0])
+        cos_r = (((rp[:3, :3] @ rg[:3, :3].T).trace() - 1) / 2).clamp(-1, 1)
+        cos_t = torch.nn.functional.cosine_similarity(rp[:3, 3], rg[:3, 3], dim=0).clamp(-1, 1)
+        rot.append(float(torch.rad2deg(torch.acos(cos_r))))
+        direction.append(float(torch.rad2deg(torch.acos(cos_t))))
+    return rot, direction
 
 
 def main() -> None:
@@ -59,7 +76,7 @@ def main() -> None:
     names = ["trained NVS head", "head-free, own depth", "head-free, own depth x oracle scale", "head-free, GT depth",
              "head-free, plane-swept own depth (a plane-sweep head's start)"]  # fmt: skip
     scores: dict[str, list[float]] = {n: [] for n in names}
-    log_scale, log_err = [], []
+    log_scale, log_err, rot_err, dir_err = [], [], [], []
     with torch.inference_mode():
         for i in range(len(data)):
             batch = SceneBatch.from_dataset(collate([data[i]]))
@@ -77,6 +94,10 @@ def main() -> None:
             scores[names[3]].append(target_psnr(batch, headfree(batch, gt, None)))
             if "swept_depth" in out:
                 scores[names[4]].append(target_psnr(batch, headfree(batch, out["swept_depth"][0], conf)))
+            pose_free = model(normalize_float(batch.context_images), return_rays=False)
+            r, t = relative_pose_errors(pose_free["extrinsics"][0], batch.context_w2c[0])
+            rot_err += r
+            dir_err += t
             line = "  ".join(f"{n}: {v[-1]:.2f}" for n, v in scores.items() if v)
             print(f"{paths[i].name}: scale x{float(ratio.exp()):.2f}  {line}", flush=True)
 
@@ -94,6 +115,12 @@ def main() -> None:
         ["measure", "median", "mean", "max"],
         [["per-scene scale error, x", *(f"{np.exp(f(log_scale)):.2f}" for f in (np.median, np.mean, np.max))],
          ["mean abs log error after that scale", *(f"{f(log_err):.3f}" for f in (np.median, np.mean, np.max))]],
+    )  # fmt: skip
+    text += "\n## Pose-free cameras against GT (each context view relative to the first; degrees)\n\n"
+    text += md_table(
+        ["measure", "median", "mean", "max"],
+        [[name, *(f"{f(v):.1f}" for f in (np.median, np.mean, np.max))]
+         for name, v in (("rotation error", rot_err), ("translation direction error", dir_err))],
     )  # fmt: skip
     a.out.write_text(text)
     print(text)
