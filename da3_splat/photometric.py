@@ -94,6 +94,7 @@ def photometric_depth_scale(
 # Plane sweep: per-pixel depth factors
 
 SWEEP_CHANNELS = 3  # what plane_sweep_features gives a head: log factor, best cost, cost contrast
+SWEEP_MAX_ERROR = 0.5  # truncation of the per-pixel colour error (images in [0, 1])
 
 
 def nearest_views(w2c: Tensor, k: int) -> Tensor:
@@ -113,14 +114,14 @@ def plane_sweep(
     log_range: float = 1.0,
     steps: int = 25,
     neighbours: int = 4,
-    max_error: float = 0.5,
+    max_error: float = SWEEP_MAX_ERROR,
     window: int = 3,
 ) -> dict[str, Tensor]:
     """Per-pixel factor on ``depth`` that best explains the other views: every pixel is unprojected at
     ``depth * exp(f)`` for ``steps`` values of f in [-log_range, log_range], projected into its ``neighbours``
     nearest views and compared with the images there (L1 over colour, truncated at ``max_error``, averaged over
-    the neighbours that see the pixel at the predicted depth, and over a ``window`` x ``window`` patch). (S, H, W) planar depth, (S, 3, H, W) images in [0, 1],
-    (S, 3|4, 4) w2c, (S, 3, 3) K in pixels of the depth.
+    the neighbours that see the pixel at the predicted depth, and over a ``window`` x ``window`` patch).
+    (S, H, W) planar depth, (S, 3, H, W) images in [0, 1], (S, 3|4, 4) w2c, (S, 3, 3) K in pixels of the depth.
 
     Returns ``log_factor`` (the cost minimum, refined between steps by a parabola), ``cost`` (its cost) and
     ``contrast`` (mean cost over the sweep minus the minimum: near 0 where the images cannot tell depths apart,
@@ -171,6 +172,6 @@ def plane_sweep(
     return {"log_factor": log_factor[:, 0], "cost": c0[:, 0], "contrast": (cost.mean(dim=1) - c0[:, 0])}
 
 
-def plane_sweep_features(sweep: dict[str, Tensor], max_error: float = 0.5) -> Tensor:
+def plane_sweep_features(sweep: dict[str, Tensor], max_error: float = SWEEP_MAX_ERROR) -> Tensor:
     """The sweep as ``SWEEP_CHANNELS`` input channels for a head, (..., H, W) each -> (..., 3, H, W), all O(1)."""
     return torch.stack([sweep["log_factor"], sweep["cost"] / max_error, sweep["contrast"] / max_error], dim=-3)

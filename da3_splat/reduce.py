@@ -183,8 +183,9 @@ def voxel_merge(g: Gaussians, voxel_size: float | None = None, target_count: int
 
     Merged: opacity-weighted mean and SH; covariance = opacity-weighted second moment
     sum_i w_i (S_i + (mu_i - mu)(mu_i - mu)^T) / sum_i w_i, back to scale + quat by eigen-decomposition;
-    opacity = the members' coverage of the merged footprint, at least their max (see ``_merge_groups``). Gaussians alone in their voxel are passed through untouched and come
-    first in the result, then one Gaussian per shared voxel (in key order).
+    opacity = the members' coverage of the merged footprint, at least their max (see ``_merge_groups``).
+    Gaussians alone in their voxel are passed through untouched and come first in the result, then one Gaussian
+    per shared voxel (in key order).
     With ``target_count`` the voxel size is searched so the result has <= target_count Gaussians, close to it.
     Returns ``g`` itself when nothing is merged.
     """

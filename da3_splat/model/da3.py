@@ -183,17 +183,18 @@ class DA3(nn.Module):
         # By default the depth lives in the model's predicted camera frame, so the predicted cameras place the
         # Gaussians even when GT cameras were given (those only fix the scale).
         w2c, K = cameras if cameras is not None else (out["extrinsics"], out["intrinsics"])
-        head_in, depth = x.float(), out["depth"]
+        head_in, depth, rgb = x.float(), out["depth"], denormalize(x.float())
         if self.config.gs_plane_sweep:
             from da3_splat.photometric import plane_sweep, plane_sweep_features
 
-            rgb = denormalize(x.float()).clamp(0, 1)
-            sweeps = [plane_sweep(depth[b].detach().float(), rgb[b], w2c[b], K[b]) for b in range(x.shape[0])]
+            sweeps = [
+                plane_sweep(depth[b].detach().float(), rgb[b].clamp(0, 1), w2c[b], K[b]) for b in range(x.shape[0])
+            ]
             log_factor = torch.stack([s["log_factor"] for s in sweeps]).to(depth)
             head_in = torch.cat([head_in, torch.stack([plane_sweep_features(s) for s in sweeps])], dim=2)
             depth = out["swept_depth"] = depth * log_factor.exp()
         gs = self.gs_head(patch, H, W, images=head_in)
-        colors = denormalize(x.float()).permute(0, 1, 3, 4, 2) if self.config.gs_rgb_shortcut else None
+        colors = rgb.permute(0, 1, 3, 4, 2) if self.config.gs_rgb_shortcut else None
         return raw_to_gaussians(
             gs["raw"], gs["opacity"], depth, w2c, K,
             gt_extrinsics=None if cameras is not None else gt_extrinsics, sh_degree=self.config.gs_sh_degree,

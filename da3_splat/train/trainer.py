@@ -92,7 +92,8 @@ def build_model(cfg: TrainConfig, device: torch.device):
         if model.config.is_nested:
             raise InputError("train the any-view model of a nested checkpoint, not the nested wrapper")
         if not model.has_gs_head:
-            model.add_nvs_head(cfg.model.nvs_features, cfg.model.sh_degree, cfg.model.rgb_shortcut, cfg.model.plane_sweep)
+            m = cfg.model
+            model.add_nvs_head(m.nvs_features, m.sh_degree, m.rgb_shortcut, m.plane_sweep)
     prefixes = TRAINABLE[cfg.train]
     for name, p in model.named_parameters():
         p.requires_grad_(any(name.startswith(pre) for pre in prefixes))
@@ -202,18 +203,16 @@ def compute_loss(model, batch, cfg: TrainConfig, posed: bool, lpips_fn=None) -> 
             lp = lpips_fn(rgb.flatten(0, 1), batch.target_images.flatten(0, 1)).mean()
             total = total + cfg.loss.lpips * lp
             parts["nvs/lpips"] = float(lp.detach())
-        if cfg.loss.depth > 0:
+        # The Gaussians' depth in their own views against the frozen geometry's depth and/or the GT depth.
+        refs = [("depth", cfg.loss.depth, out["depth"].detach()), ("gt_depth", cfg.loss.gt_depth, batch.context_depth)]
+        refs = [(name, weight, ref) for name, weight, ref in refs if weight > 0 and ref is not None]
+        if refs:
             S, H, W = batch.context_images.shape[1], *batch.context_images.shape[-2:]
             z = gaussian_depth_in_context(out["gaussians"], batch.context_w2c, (S, H, W))
-            d = losses.depth_consistency_loss(z, out["depth"].detach())
-            total = total + cfg.loss.depth * d
-            parts["nvs/depth"] = float(d.detach())
-        if cfg.loss.gt_depth > 0 and batch.context_depth is not None:
-            S, H, W = batch.context_images.shape[1], *batch.context_images.shape[-2:]
-            z = gaussian_depth_in_context(out["gaussians"], batch.context_w2c, (S, H, W))
-            d = losses.depth_consistency_loss(z, batch.context_depth)
-            total = total + cfg.loss.gt_depth * d
-            parts["nvs/gt_depth"] = float(d.detach())
+        for name, weight, ref in refs:
+            d = losses.depth_consistency_loss(z, ref)
+            total = total + weight * d
+            parts[f"nvs/{name}"] = float(d.detach())
     if geometry:
         # GT in the batch's normalised frame (first context camera, median camera distance 1): the frame DA3 is
         # conditioned in, so posed and pose-free samples share one depth scale.
