@@ -8,7 +8,7 @@ TORCH_SPEC ?= $(or $(firstword $(wildcard /opt/wheels/torch-*.whl)),torch)
 ORACLE := depth-anything-3==0.1.1
 DEMO := demo_out
 
-.PHONY: install test demo tiny-model clean
+.PHONY: install test demo tiny-model tiny-model-test clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,6 +48,12 @@ tiny-model: $(VENV)/.installed
 	$(PY) -m da3_splat.cli train tiny-synthetic -o outputs/tiny-nvs --overwrite
 	mkdir -p $(TINY_WEIGHTS) && cp outputs/tiny-nvs/model/config.json outputs/tiny-nvs/model/model.safetensors $(TINY_WEIGHTS)/
 	$(PY) benchmarks/nvs_tiny.py --scenes $(SYNTH)/val
+	$(PY) benchmarks/train_curves.py outputs/tiny-geometry outputs/tiny-nvs
+
+# The held-out test set (its own seed, never used while developing): scored once, for the final report.
+tiny-model-test: $(VENV)/.installed
+	$(PY) -m da3_splat.cli make-synthetic $(SYNTH)/test --scenes 20 --frames 48 --height 135 --width 240 --seed 3000
+	$(PY) benchmarks/nvs_tiny.py --scenes $(SYNTH)/test --out benchmarks/results/nvs_tiny_test.md
 
 clean:
 	rm -rf $(VENV) $(DEMO)

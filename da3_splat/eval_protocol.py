@@ -6,6 +6,11 @@ head-free baseline (one Gaussian per pixel from the model's own depth; for a pla
 depth, so the head is compared with what the non-learned sweep gives) are rendered at the targets and scored
 with PSNR / SSIM (and LPIPS when its weights are on disk). Posed: the context cameras condition DA3 and place
 the Gaussians. Pose-free: predicted cameras, aligned to the GT context cameras before rendering the targets.
+
+Geometry is scored too (``da3_splat.geometry_metrics``), in each mode: the context views' depth where the scenes
+have GT depth (AbsRel and delta<1.25 after one median scale per scene, beside the constant-depth baseline), and
+in pose-free mode the predicted context cameras (median pairwise relative rotation and translation-direction
+errors, AUC@3/5/15 over the pairs of all scenes pooled).
 """
 
 from __future__ import annotations
@@ -36,10 +41,15 @@ def _mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+GEOMETRY_KEYS = ("depth", "pose")  # entries of a scene's scores that are not an NVS method
+
+
 @dataclass
 class EvalConfig:
     """Novel-view synthesis on held-out scenes: PSNR / SSIM (LPIPS when its weights are on disk) on target views,
-    posed and pose-free, with the head-free Gaussians as the baseline. Writes OUT/metrics.json and a grid per scene."""
+    posed and pose-free, with the head-free Gaussians as the baseline; also context-view depth (AbsRel, delta<1.25,
+    where the scenes have GT depth) and, pose-free, the predicted cameras' pairwise rotation / translation errors
+    and AUC@3/5/15. Writes OUT/metrics.json and a grid per scene."""
 
     scenes: Annotated[tuple[Path, ...], tyro.conf.Positional, tyro.conf.arg(metavar="SCENES")]
     """Scene folders or folders of scenes (DL3DV layouts, synthetic)."""
@@ -86,19 +96,12 @@ class MethodResult:
                 "gaussians": _mean(self.gaussians), "seconds_per_scene": _mean(self.seconds), "scenes": len(self.psnr)}  # fmt: skip
 
 
-def depth_abs_rel(pred: Tensor, gt: Tensor) -> tuple[float, float]:
-    """Median-aligned AbsRel of ``pred`` and of the constant-depth baseline (the GT median everywhere)."""
-    import torch
-
-    valid = (gt > 0) & torch.isfinite(gt)
-    p, g = pred[valid], gt[valid]
-    p = p * (g.median() / p.median().clamp(min=1e-8))
-    const = torch.full_like(g, float(g.median()))
-    return float(((p - g).abs() / g).mean()), float(((const - g).abs() / g).mean())
-
-
 def evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn=None) -> dict:
-    """Scores of the model's NVS head (when it has one) and of the head-free baseline on one scene batch."""
+    """Scores of the model's NVS head (when it has one) and of the head-free baseline on one scene batch (B = 1).
+
+    Beside the methods, the scores hold ``depth`` (DepthScores as a dict, NaN as None) when the batch has GT
+    depth and, pose-free, ``pose``: the context views' pairwise errors in degrees ({"rotation": [...],
+    "translation": [...]}, for pooling over scenes with ``geometry_metrics.pose_scores``)."""
     import torch
 
     with torch.inference_mode():
@@ -112,6 +115,7 @@ def _evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn) -> dict:
     from da3_splat.eval import psnr, ssim
     from da3_splat.gaussians import Gaussians
     from da3_splat.geometry import apply_sim3_to_w2c
+    from da3_splat.geometry_metrics import depth_scores, finite_or_none, relative_pose_errors
     from da3_splat.train.nvs import first_camera_alignment, predict, render_views
 
     posed = mode == "posed"
@@ -158,8 +162,11 @@ def _evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn) -> dict:
         result[name] = scores
         renders[name] = rgb
     if batch.context_depth is not None:
-        rel, const = depth_abs_rel(out["depth"], batch.context_depth)
-        result["depth"] = {"abs_rel": rel, "abs_rel_constant": const}
+        dscores = depth_scores(out["depth"], batch.context_depth).to_dict()
+        result["depth"] = {k: finite_or_none(v) for k, v in dscores.items()}
+    if not posed and "extrinsics" in out:
+        rot, trans = relative_pose_errors(out["extrinsics"][0], batch.context_w2c[0])
+        result["pose"] = {"rotation": rot.tolist(), "translation": trans.tolist()}
     return {"scores": result, "renders": renders}
 
 
@@ -170,6 +177,7 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
     from da3_splat.data.dataset import NVSDataset, collate
     from da3_splat.eval import load_lpips, lpips_status
     from da3_splat.export import write_json, write_png
+    from da3_splat.geometry_metrics import finite_or_none, pose_scores
     from da3_splat.predict import check_output_dir, load_model, resolve_device
     from da3_splat.train.nvs import SceneBatch
     from da3_splat.train.trainer import scene_list
@@ -192,7 +200,8 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
     )
     totals = {m: {} for m in cfg.modes}
     per_scene = {}
-    depth_rel, depth_const = [], []
+    depth = {m: [] for m in cfg.modes}  # per-scene depth score dicts
+    pose = {m: ([], []) for m in cfg.modes}  # pooled pairwise rotation / translation errors
     for i in range(len(data)):
         item = data[i]
         scene = item["scene"]
@@ -201,27 +210,34 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
         grid_rows = [batch.target_images[0]]
         for mode in cfg.modes:
             res = evaluate_scene(model, batch, mode, cfg.baseline, lpips_fn)
-            per_scene[scene][mode] = res["scores"]
+            per_scene[scene][mode] = scene_scores = dict(res["scores"])
             for method, scores in res["scores"].items():
-                if method == "depth":
+                if method in GEOMETRY_KEYS:
                     continue
                 totals[mode].setdefault(method, MethodResult()).add(scores)
                 grid_rows.append(res["renders"][method])
-            if mode == cfg.modes[0] and "depth" in res["scores"]:
-                depth_rel.append(res["scores"]["depth"]["abs_rel"])
-                depth_const.append(res["scores"]["depth"]["abs_rel_constant"])
+            if "depth" in scene_scores:
+                depth[mode].append(scene_scores["depth"])
+            if "pose" in scene_scores:  # metrics.json keeps the scene's summary, the pairs are pooled
+                errors = scene_scores["pose"]
+                pose[mode][0].extend(errors["rotation"])
+                pose[mode][1].extend(errors["translation"])
+                scene_pose = pose_scores(errors["rotation"], errors["translation"]).to_dict()
+                scene_scores["pose"] = {k: finite_or_none(v) for k, v in scene_pose.items()}
         grid = torch.cat([torch.cat(list(r), dim=-1) for r in grid_rows], dim=-2)
         write_png(cfg.output / "grids" / f"{scene}.png", to_uint8(grid))
         line = "  ".join(
             f"{mode}/{method} {s['psnr']:.2f} dB" for mode in cfg.modes for method, s in per_scene[scene][mode].items()
-            if method != "depth"
+            if method not in GEOMETRY_KEYS
         )  # fmt: skip
         console.print(f"{scene}: {line}", highlight=False)
+    geometry = {mode: _geometry_summary(depth[mode], *pose[mode]) for mode in cfg.modes}
     summary = {
         "model": cfg.model, "scenes": len(paths), "size": [cfg.height, cfg.width], "context_views": cfg.context_views,
         "lpips": lpips_fn is not None,
         "results": {mode: {name: r.summary() for name, r in res.items()} for mode, res in totals.items()},
-        "depth": {"abs_rel": _mean(depth_rel), "abs_rel_constant": _mean(depth_const)} if depth_rel else None,
+        "geometry": geometry,
+        "depth": geometry[cfg.modes[0]]["depth"],  # the first mode's, as before "geometry" existed
         "per_scene": per_scene,
     }  # fmt: skip
     write_json(cfg.output / "metrics.json", summary)
@@ -229,7 +245,31 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
         for name, s in res.items():
             console.print(f"{mode:9s} {name:15s} PSNR {s['psnr']:.2f} dB  SSIM {s['ssim']:.3f}  "
                           f"{s['gaussians']:.0f} Gaussians  {s['seconds_per_scene']:.2f} s/scene", highlight=False)  # fmt: skip
-    if summary["depth"]:
-        console.print(f"depth AbsRel {summary['depth']['abs_rel']:.3f} (constant-depth baseline "
-                      f"{summary['depth']['abs_rel_constant']:.3f})", highlight=False)  # fmt: skip
+    for mode, geo in geometry.items():
+        if geo["depth"]:
+            d = {k: _fmt(v, ".3f") for k, v in geo["depth"].items()}
+            console.print(f"{mode} depth AbsRel {d['abs_rel']} delta<1.25 {d['delta1']} (constant "
+                          f"{d['abs_rel_constant']})", highlight=False)  # fmt: skip
+        if geo["pose"]:
+            p = geo["pose"]
+            auc = "/".join(_fmt(p[k], ".2f") for k in ("auc3", "auc5", "auc15"))
+            console.print(f"{mode} cameras: rotation {_fmt(p['rotation_median'], '.1f')} deg, translation "
+                          f"{_fmt(p['translation_median'], '.1f')} deg (median over {p['pairs']} pairs), "
+                          f"AUC@3/5/15 {auc}", highlight=False)  # fmt: skip
     return summary
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _geometry_summary(depth: list[dict], rot: list[float], trans: list[float]) -> dict:
+    """One mode's geometry over all scenes: the mean of the per-scene depth scores (scenes without a value are
+    left out; None when no scene had GT depth) and the pose scores of all scenes' pairs pooled (None when the
+    mode predicts no cameras)."""
+    from da3_splat.geometry_metrics import finite_or_none, pose_scores
+
+    keys = ("abs_rel", "delta1", "abs_rel_constant")
+    mean_depth = {k: _mean([d[k] for d in depth if d.get(k) is not None]) for k in keys} if depth else None
+    pose = {k: finite_or_none(v) for k, v in pose_scores(rot, trans).to_dict().items()} if rot else None
+    return {"depth": mean_depth, "pose": pose}

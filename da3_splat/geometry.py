@@ -281,6 +281,16 @@ def umeyama(src: Tensor, dst: Tensor, weights: Tensor | None = None, with_scale:
     return R.to(dtype), t.to(dtype), s.to(dtype)
 
 
+def baseline_scale(pred_w2c: Tensor, ref_w2c: Tensor) -> Tensor:
+    """The factor that takes the predicted cameras' baselines to the reference cameras': the sum of the reference
+    camera centres' distances to the first view over the predicted ones' (S, 3|4, 4) each -> scalar; 1 for a
+    single view or coincident predicted centres."""
+    cp, cr = camera_centers(pred_w2c.float()), camera_centers(ref_w2c.float())
+    dp, dr = (cp[1:] - cp[:1]).norm(dim=-1).sum(), (cr[1:] - cr[:1]).norm(dim=-1).sum()
+    ok = torch.isfinite(dp) & (dp > 1e-8) & torch.isfinite(dr) & (dr > 0)
+    return torch.where(ok, dr / dp.clamp(min=1e-8), torch.ones_like(dp))
+
+
 def apply_sim3_to_w2c(w2c: Tensor, R: Tensor, t: Tensor, s: Tensor) -> Tensor:
     """Re-express world-to-camera poses after the world is mapped by x' = s R x + t (scale goes into the
     translation, the camera keeps a rigid pose)."""

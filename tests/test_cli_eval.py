@@ -43,9 +43,21 @@ def test_metrics_and_grids(setup, tmp_path):
             r = m["results"][mode][method]
             assert r["scenes"] == 2 and 0 < r["psnr"] < 60 and -1 <= r["ssim"] <= 1
             assert r["gaussians"] == 2 * 42 * 70 and r["seconds_per_scene"] > 0
-    assert m["depth"]["abs_rel"] >= 0 and m["depth"]["abs_rel_constant"] > 0
+    assert m["depth"]["abs_rel"] >= 0 and m["depth"]["abs_rel_constant"] > 0 and 0 <= m["depth"]["delta1"] <= 1
+    assert m["depth"] == m["geometry"]["posed"]["depth"]  # the top-level "depth" is the first mode's
+    for mode in ("posed", "pose-free"):
+        d = m["geometry"][mode]["depth"]
+        assert d["abs_rel"] >= 0 and 0 <= d["delta1"] <= 1 and d["abs_rel_constant"] > 0
+    assert m["geometry"]["posed"]["pose"] is None  # posed: the cameras are given, not predicted
+    pose = m["geometry"]["pose-free"]["pose"]
+    assert pose["pairs"] == 2  # 2 scenes x 1 pair of context views, pooled
+    assert 0 <= pose["rotation_median"] <= 180 and 0 <= pose["translation_median"] <= 180
+    assert all(0 <= pose[k] <= 1 for k in ("auc3", "auc5", "auc15")) and pose["auc3"] <= pose["auc5"] <= pose["auc15"]
+    assert "pose-free cameras: rotation" in res.stderr and "pose-free depth AbsRel" in res.stderr
     for scene, entry in m["per_scene"].items():
         assert entry["targets"] == [0, 8, 16] and len(entry["context"]) == 2
+        assert entry["pose-free"]["pose"]["pairs"] == 1 and "pose" not in entry["posed"]
+        assert 0 <= entry["posed"]["depth"]["delta1"] <= 1
         assert not set(entry["context"]) & set(entry["targets"])
         grid = np.asarray(Image.open(out / "grids" / f"{scene}.png"))
         # rows: targets, then posed nvs-head, head-free, then pose-free nvs-head, head-free; 3 targets wide

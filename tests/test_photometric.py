@@ -82,6 +82,52 @@ def test_model_option_rescales_depth_and_gaussians(room):
     assert not torch.allclose(d_plain, d_cal)
 
 
+def test_camera_calibration_uses_the_predicted_baselines(room):
+    """posed_depth_calibration "cameras": depth x (given baselines / the model's own predicted baselines), so a model
+    whose depth and cameras share one free scale lands at the given cameras' scale; the photometric step after it
+    multiplies in its own factor."""
+    from da3_splat.geometry import baseline_scale
+    from da3_splat.model.preprocess import normalize_float
+
+    depth, images, w2c, K = room
+    model = tiny_model()
+    x = normalize_float(images[None])
+    cams = (w2c[None], K[None])
+    with torch.inference_mode():
+        plain = model(x, *cams, infer_gs=False, gs_cameras=cams)
+        model.config = replace(model.config, posed_depth_calibration="cameras")
+        cal = model(x, *cams, infer_gs=False, gs_cameras=cams)
+        model.config = replace(model.config, posed_depth_calibration="cameras+photometric")
+        both = model(x, *cams, infer_gs=False, gs_cameras=cams)
+    expected = baseline_scale(plain["extrinsics"][0], w2c)
+    torch.testing.assert_close(cal["depth_scale"], expected[None])
+    torch.testing.assert_close(cal["depth"], plain["depth"] * expected)
+    torch.testing.assert_close(cal["ray"][..., 3:], plain["ray"][..., 3:] * expected)
+    assert not torch.allclose(both["depth_scale"], cal["depth_scale"])  # the photometric factor on top
+    # The predicted baselines after calibration equal the given ones.
+    torch.testing.assert_close(baseline_scale(cal["extrinsics"][0], w2c), torch.tensor(1.0), rtol=1e-5, atol=1e-5)
+
+
+def test_baseline_scale_and_calibration_steps():
+    from da3_splat.geometry import baseline_scale
+    from da3_splat.model import DA3Config
+
+    w2c = torch.eye(4).repeat(3, 1, 1)
+    w2c[1, 0, 3], w2c[2, 1, 3] = -1.0, -2.0  # centres (0,0,0), (1,0,0), (0,2,0)
+    scaled = w2c.clone()
+    scaled[:, :3, 3] *= 0.25
+    assert float(baseline_scale(scaled, w2c)) == pytest.approx(4.0)
+    assert float(baseline_scale(torch.eye(4).repeat(3, 1, 1), w2c)) == 1.0  # coincident predictions: no factor
+    cfg = DA3Config("x")
+    assert cfg.depth_calibration_steps == ()
+    assert replace(cfg, posed_depth_calibration=True).depth_calibration_steps == ("photometric",)
+    assert replace(cfg, posed_depth_calibration="cameras+photometric").depth_calibration_steps == (
+        "cameras", "photometric",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="unknown"):
+        replace(cfg, posed_depth_calibration="camera").depth_calibration_steps
+
+
 def test_nearest_views_skip_the_view_itself():
     centres = torch.tensor([0.0, 1.0, 3.0, 7.0])
     w2c = torch.eye(4).repeat(4, 1, 1)

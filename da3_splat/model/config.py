@@ -59,10 +59,13 @@ class DA3Config:
     # Longest image side the model sees unless told otherwise (infer's default): the official models' 504, the
     # training resolution for models trained with da3-splat (a small model trained at 224 px misjudges depth at 504).
     process_res: int = 504
-    # With known cameras (``gs_cameras``), rescale the predicted depth to them by photometric consistency between the
-    # views (photometric.photometric_depth_scale) before placing Gaussians. For small models that do not learn to
-    # triangulate the scale from the camera tokens (the first da3-tiny-synthetic weights: depth off by a median x1.77).
-    posed_depth_calibration: bool = False
+    # With known cameras (``gs_cameras``), rescale the predicted depth to them before placing Gaussians:
+    # "cameras": by the ratio of the given cameras' baselines to the model's own predicted ones (geometry.baseline_scale;
+    # for models trained with the scale-normalised geometry losses, whose depth and cameras share one free scale);
+    # "photometric" (or true): by photometric consistency between the views (photometric.photometric_depth_scale;
+    # the first da3-tiny-synthetic weights, trained in the camera-normalised frame, were off by a median x1.77);
+    # "cameras+photometric": the first, then the second around it. false / "none": off.
+    posed_depth_calibration: bool | str = False
     # The GS head's depth-offset channel: added to the depth (official adapter) or, for da3-splat NVS heads, a log
     # factor on it (depth * exp(offset)), so one head corrects depth alike at any scene scale.
     gs_log_depth_offset: bool = False
@@ -70,9 +73,22 @@ class DA3Config:
     # cameras the Gaussians are placed with): the Gaussians sit at the swept depth, times the head's log-factor
     # offset, and the head reads the sweep's factor and costs beside the image to judge where to trust it.
     gs_plane_sweep: bool = False
+    # The reference-view rule forward/infer use when the caller names none (pose-free, S >= 3): the official models'
+    # "saddle_balanced"; models trained here with ``--reference-view first`` predict in the first view's frame.
+    ref_view_strategy: str = "saddle_balanced"
     # Nested model: an any-view model plus a metric model whose depth sets the scale.
     nested_metric: str | None = None
     nested_anyview: str | None = None
+
+    @property
+    def depth_calibration_steps(self) -> tuple[str, ...]:
+        """``posed_depth_calibration`` as the steps to run, in order ("cameras", "photometric")."""
+        value = {True: "photometric", False: "none"}.get(self.posed_depth_calibration, self.posed_depth_calibration)
+        steps = tuple(s for s in str(value).split("+") if s != "none")
+        unknown = set(steps) - {"cameras", "photometric"}
+        if unknown:
+            raise ValueError(f"posed_depth_calibration: unknown step(s) {sorted(unknown)}; use cameras, photometric")
+        return steps
 
     @property
     def is_nested(self) -> bool:

@@ -102,7 +102,7 @@ class DA3(nn.Module):
         x: Tensor,
         extrinsics: Tensor | None = None,
         intrinsics: Tensor | None = None,
-        ref_view_strategy: str = "saddle_balanced",
+        ref_view_strategy: str | None = None,
         use_ray_pose: bool = False,
         infer_gs: bool = False,
         return_rays: bool = True,
@@ -113,7 +113,9 @@ class DA3(nn.Module):
         extrinsics (B, S, 3|4, 4) world-to-camera OpenCV, already normalised (``normalize_extrinsics``), and
         intrinsics (B, S, 3, 3) in pixels of ``x``: condition the backbone on known cameras.
         Returns depth, depth_conf (B, S, H, W); ray (B, S, 8H/14, 8W/14, 6), ray_conf; extrinsics (B, S, 3, 4)
-        w2c; intrinsics (B, S, 3, 3); gaussians (when ``infer_gs`` and a GS head exists); sky (metric/mono);
+        w2c; intrinsics (B, S, 3, 3); reference_view (B,) the view whose camera is the predicted world frame (the
+        reference selected by ``ref_view_strategy``, default ``config.ref_view_strategy``, for S >= 3 pose-free views,
+        else 0); gaussians (when ``infer_gs`` and a GS head exists); sky (metric/mono);
         scale_factor (nested). ``return_rays=False`` skips the ray branch (about half of the head's cost)
         unless ``use_ray_pose`` needs it; the official net computes it and then discards it.
         ``gs_cameras`` (w2c (B, S, 3|4, 4), K (B, S, 3, 3)): place the Gaussians with these cameras instead of the
@@ -136,10 +138,13 @@ class DA3(nn.Module):
                 raise ValueError("pose conditioning needs intrinsics together with extrinsics")
             with _fp32(dev):
                 cam_token = self.cam_enc(extrinsics, intrinsics, H, W)
-        feats, _ = self.backbone(x, cam_token, ref_view_strategy)
+        feats, order = self.backbone(x, cam_token, ref_view_strategy or self.config.ref_view_strategy)
         with _fp32(dev):
             patch = [f.float() for f, _ in feats]
             out = self.head(patch, H, W, rays=return_rays or use_ray_pose)
+            # The view whose camera is the predicted world frame (the selected reference; 0 when none was selected).
+            ref = order[:, 0] if order is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            out["reference_view"] = ref
             if self.config.camera:
                 if use_ray_pose:
                     from da3_splat.model.ray_pose import cameras_from_rays
@@ -147,7 +152,7 @@ class DA3(nn.Module):
                     out["extrinsics"], out["intrinsics"] = cameras_from_rays(out["ray"], out["ray_conf"], H, W)
                 else:
                     out["extrinsics"], out["intrinsics"] = self.cam_dec.cameras(feats[-1][1].float(), H, W)
-            if gs_cameras is not None and self.config.posed_depth_calibration:
+            if gs_cameras is not None and self.config.depth_calibration_steps:
                 self._calibrate_depth(out, x, *gs_cameras)
             if infer_gs and self.config.gs_head is not None:
                 out["gaussians"] = self._gaussians(patch, x, out, extrinsics, gs_cameras)
@@ -155,17 +160,25 @@ class DA3(nn.Module):
             out["depth"] = self._fill_sky(out["depth"], out["sky"] < SKY_THRESHOLD, None)[0]
         return out
 
-    @staticmethod
-    def _calibrate_depth(out: dict, x: Tensor, w2c: Tensor, K: Tensor) -> None:
-        """Scale depth (and the predicted cameras' translations with it) to the given cameras, per sample."""
-        from da3_splat.photometric import photometric_depth_scale
+    def _calibrate_depth(self, out: dict, x: Tensor, w2c: Tensor, K: Tensor) -> None:
+        """Scale depth (and the predicted cameras' translations and ray origins with it) to the given cameras, per
+        sample, by the steps of ``config.posed_depth_calibration``."""
+        from da3_splat.geometry import baseline_scale
         from da3_splat.model.preprocess import denormalize
+        from da3_splat.photometric import photometric_depth_scale
 
-        images = denormalize(x.float()).clamp(0, 1)
-        scale = torch.stack([
-            photometric_depth_scale(out["depth"][b].detach().float(), images[b], w2c[b], K[b])
-            for b in range(x.shape[0])
-        ]).to(out["depth"])  # fmt: skip
+        scale = torch.ones(x.shape[0], device=x.device)
+        for step in self.config.depth_calibration_steps:
+            if step == "cameras":
+                factor = torch.stack([baseline_scale(out["extrinsics"][b].detach(), w2c[b]) for b in range(x.shape[0])])
+            else:
+                images = denormalize(x.float()).clamp(0, 1)
+                depth = out["depth"].detach().float() * scale[:, None, None, None]
+                factor = torch.stack(
+                    [photometric_depth_scale(depth[b], images[b], w2c[b], K[b]) for b in range(x.shape[0])]
+                )
+            scale = scale * factor.to(scale)
+        scale = scale.to(out["depth"])
         out["depth"] = out["depth"] * scale[:, None, None, None]
         if "extrinsics" in out:
             ext = out["extrinsics"].clone()

@@ -65,7 +65,7 @@ def infer(
     intrinsics=None,
     process_res: int | None = None,
     process_res_method: str = "upper_bound_resize",
-    ref_view_strategy: str = "saddle_balanced",
+    ref_view_strategy: str | None = None,
     use_ray_pose: bool = False,
     infer_gs: bool = False,
     return_rays: bool = False,
@@ -95,7 +95,7 @@ def infer(
         w2c_in = as_homogeneous(torch.from_numpy(pre.extrinsics).float()[None]).to(device)
         K_in = torch.from_numpy(pre.intrinsics).float()[None].to(device)
         w2c_norm = normalize_extrinsics(w2c_in)
-    given = (gs_given_cameras or model.config.posed_depth_calibration) and w2c_norm is not None
+    given = (gs_given_cameras or bool(model.config.depth_calibration_steps)) and w2c_norm is not None
     with autocast_for(device):
         out = model(
             x, w2c_norm, K_in, ref_view_strategy=ref_view_strategy, use_ray_pose=use_ray_pose,

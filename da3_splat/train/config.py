@@ -33,9 +33,10 @@ class ModelSpec:
     (``photometric.plane_sweep``): multi-view matching that the frozen depth head does not do."""
     model_name: str | None = None
     """Name saved with the trained weights (default: the starting model's)."""
-    posed_depth_calibration: bool | None = None
-    """Set the model's posed depth calibration (depth rescaled to the known cameras by photometric consistency
-    before the Gaussians are placed); saved with the weights. None keeps the starting model's setting."""
+    posed_depth_calibration: str | None = None
+    """Set the model's posed depth calibration (depth rescaled to the known cameras before the Gaussians are placed):
+    cameras (the given over the predicted baselines), photometric (consistency between the views), cameras+photometric
+    or none; saved with the weights. None keeps the starting model's setting."""
 
 
 @dataclass
@@ -109,6 +110,12 @@ class TrainConfig:
     geometry alone (backbone + heads, DA3 depth-ray losses), geometry and NVS head, or the whole model."""
     posed: float = 1.0
     """Fraction of samples on which DA3 gets the context cameras (the rest are pose-free)."""
+    reference_view: Literal["first", "random", "saddle_balanced"] = "first"
+    """Pose-free samples: the view whose camera is the predicted world frame. first: the first context view (a fixed
+    frame per sample, which small models learn fastest), random: a uniformly drawn view (moved to the front, as DA3
+    moves its reference), saddle_balanced: DA3's own rule (it follows the features, so a sample's frame changes as
+    training goes). Geometry training saves the rule as the model's inference default (config.ref_view_strategy;
+    random saves first)."""
     steps: int = 1000
     """Optimisation steps (the cosine schedule ends here)."""
     seed: int = 0

@@ -7,7 +7,7 @@ normalised by a scene scale (:func:`normalize_scene`),
 
 where the depth and ray terms are confidence-weighted L1 with a ``-alpha * log(conf)`` regulariser
 (``conf >= 1``, as the heads output ``exp(x) + 1``), the point term compares ``centre + depth * direction``
-with GT world points, and the camera term compares pose encodings ``[centre, quaternion, fov_h, fov_w]``.
+with GT world points, and the camera term compares camera centres, rotations (chordal distance) and fields of view.
 
 Shapes: depth (B, S, H, W); rays (B, S, h, w, 6) at the ray-map resolution (8H/14 x 8W/14);
 w2c (B, S, 3|4, 4) OpenCV world-to-camera; K (B, S, 3, 3) in pixels of the network input (H x W).
@@ -108,23 +108,30 @@ def depth_consistency_loss(pred_depth: Tensor, ref_depth: Tensor, mask: Tensor |
 
 @dataclass
 class NormalizedScene:
-    """GT re-expressed in the first view's frame and divided by ``scale`` (B,)."""
+    """GT re-expressed in the reference view's frame and divided by ``scale`` (B,)."""
 
     w2c: Tensor  # (B, S, 4, 4)
     depth: Tensor  # (B, S, H, W)
     scale: Tensor  # (B,)
 
 
-def normalize_scene(gt_w2c: Tensor, gt_depth: Tensor, gt_K: Tensor, valid: Tensor | None = None) -> NormalizedScene:
-    """Put GT in the frame DA3 predicts in: first camera = identity, and unit scale.
+def normalize_scene(
+    gt_w2c: Tensor, gt_depth: Tensor, gt_K: Tensor, valid: Tensor | None = None, reference: Tensor | None = None
+) -> NormalizedScene:
+    """Put GT in the frame DA3 predicts in: the reference camera = identity, and unit scale.
 
-    The scale (per batch sample) is the mean distance of the valid GT points to the first camera (the
-    paper's "mean l2 norm of the valid point map"); depth and camera translations are divided by it. Depth
-    alone cannot fix the scale of camera translations, hence ``gt_K`` to build the points. A sample without
-    valid pixels keeps scale 1.
+    ``reference`` (B,) is the view whose camera the model takes as its world frame (``out["reference_view"]``:
+    the view DA3 selects for S >= 3 pose-free views; default 0). The scale (per batch sample) is the mean distance
+    of the valid GT points to that camera (the paper's "mean l2 norm of the valid point map"); depth and camera
+    translations are divided by it. Depth alone cannot fix the scale of camera translations, hence ``gt_K`` to
+    build the points. A sample without valid pixels keeps scale 1.
     """
     w2c = as_homogeneous(gt_w2c)
-    rel = w2c @ rigid_inverse(w2c[:, :1])
+    B = w2c.shape[0]
+    if reference is None:
+        reference = torch.zeros(B, dtype=torch.long, device=w2c.device)
+    ref_w2c = w2c[torch.arange(B, device=w2c.device), reference.to(w2c.device).long()]
+    rel = w2c @ rigid_inverse(ref_w2c)[:, None]
     valid = _valid_depth(gt_depth, valid)
     depth = _clean(gt_depth, valid)
     dist = depth_to_world_points(depth, gt_K, rel).norm(dim=-1)
@@ -257,15 +264,17 @@ def point_loss(
 
 
 def camera_loss(pred_w2c: Tensor, pred_K: Tensor, gt_w2c: Tensor, gt_K: Tensor, H: int, W: int) -> Tensor:
-    """Pose-encoding loss: L1 of camera centres + sign-invariant L1 of quaternions + L1 of the two fovs
-    (each a mean over views)."""
+    """Camera loss (each term a mean over views): L1 of the camera centres, the chordal distance of the
+    camera-to-world rotations (Frobenius norm of R_pred - R_gt, 2 sqrt(2) sin(angle / 2): no sign ambiguity and no
+    minimum but the right rotation, where an L1 of quaternions has flat spots at half-turn errors) and L1 of the
+    two fovs."""
     p = pose_encoding(pred_w2c, pred_K, H, W)
     g = pose_encoding(gt_w2c, gt_K, H, W).detach().to(p.dtype)
     t = (p[..., :3] - g[..., :3]).abs().sum(-1)
-    qp, qg = p[..., 3:7], g[..., 3:7]
-    q = torch.minimum((qp - qg).abs().sum(-1), (qp + qg).abs().sum(-1))  # q and -q are one rotation
+    dR = pred_w2c[..., :3, :3] - gt_w2c[..., :3, :3].detach().to(p.dtype)  # R_w2c = R_c2w^T: same distance
+    rot = (dR.square().sum((-1, -2)) + 1e-12).sqrt() - 1e-6  # finite gradient at 0, exactly 0 there
     fov = (p[..., 7:] - g[..., 7:]).abs().sum(-1)
-    return t.mean() + q.mean() + fov.mean()
+    return t.mean() + rot.mean() + fov.mean()
 
 
 @dataclass
@@ -289,10 +298,14 @@ def geometry_losses(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """DA3 geometry loss of a model output against GT.
 
-    ``out``: the model's dict (depth, depth_conf, and optionally ray, ray_conf, extrinsics, intrinsics; terms
-    whose outputs are absent are skipped). ``batch``: ``depth`` (B, S, H, W), ``extrinsics`` (B, S, 3|4, 4)
-    w2c, ``intrinsics`` (B, S, 3, 3) in input pixels, optional ``valid`` (B, S, H, W) bool. With
-    ``normalize`` the GT goes through :func:`normalize_scene` first. Returns (total, detached parts).
+    ``out``: the model's dict (depth, depth_conf, and optionally ray, ray_conf, extrinsics, intrinsics,
+    reference_view; terms whose outputs are absent are skipped). ``batch``: ``depth`` (B, S, H, W), ``extrinsics``
+    (B, S, 3|4, 4) w2c, ``intrinsics`` (B, S, 3, 3) in input pixels, optional ``valid`` (B, S, H, W) bool.
+
+    With ``normalize`` the GT goes through :func:`normalize_scene` (the model's reference view at the identity,
+    unit mean point distance), the frame the model predicts in, posed or not: so every sample's loss is on one
+    scale, whatever unit and baseline its cameras came with (inference maps the prediction onto the caller's
+    cameras afterwards). Returns (total, detached parts).
     """
     with torch.autocast(device_type=out["depth"].device.type, enabled=False):
         return _geometry_losses(_fp32(out), _fp32(batch), weights or GeometryLossWeights(), normalize)
@@ -310,7 +323,7 @@ def _geometry_losses(
     gt_K, valid = batch["intrinsics"], batch.get("valid")
     gt_w2c, gt_depth = batch["extrinsics"], batch["depth"]
     if normalize:
-        scene = normalize_scene(gt_w2c, gt_depth, gt_K, valid)
+        scene = normalize_scene(gt_w2c, gt_depth, gt_K, valid, out.get("reference_view"))
         gt_w2c, gt_depth = scene.w2c, scene.depth
     H, W = gt_depth.shape[-2:]
     parts: dict[str, Tensor] = {}

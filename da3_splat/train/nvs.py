@@ -12,7 +12,7 @@ identity, median camera distance 1), the frame DA3 is conditioned in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -72,13 +72,32 @@ def first_camera_alignment(pred_w2c: Tensor, gt_w2c: Tensor) -> tuple[Tensor, Te
     return torch.stack(Rs), torch.stack(ts), torch.stack(ss)
 
 
-def predict(model, batch: SceneBatch, posed: bool = True, geometry: bool = False, nvs: bool = True) -> dict:
+def reference_first(batch: SceneBatch, view: int) -> SceneBatch:
+    """The batch with context view ``view`` moved to the front, the others in their order (as DA3 reorders views
+    around its reference view): with ``ref_view_strategy="first"`` that view becomes the predicted world frame."""
+    S = batch.context_images.shape[1]
+    order = [view] + [i for i in range(S) if i != view]
+    pick = lambda t: None if t is None else t[:, order]  # noqa: E731
+    return replace(
+        batch, context_images=pick(batch.context_images), context_w2c=pick(batch.context_w2c),
+        context_K=pick(batch.context_K), context_depth=pick(batch.context_depth),
+    )  # fmt: skip
+
+
+def predict(
+    model,
+    batch: SceneBatch,
+    posed: bool = True,
+    geometry: bool = False,
+    nvs: bool = True,
+    ref_view_strategy: str = "saddle_balanced",
+) -> dict:
     """Run DA3 on the context views. Returns the model's outputs plus, when ``nvs``, ``gaussians`` (batched, in
     the normalised GT frame). ``geometry`` also computes the ray branch (for the geometry losses)."""
     x = normalize_float(batch.context_images)
     cams = (batch.context_w2c, batch.context_K) if posed else None
     out = model(
-        x, cams[0] if posed else None, cams[1] if posed else None,
+        x, cams[0] if posed else None, cams[1] if posed else None, ref_view_strategy=ref_view_strategy,
         infer_gs=nvs, return_rays=geometry, gs_cameras=cams,
     )  # fmt: skip
     if nvs and not posed:

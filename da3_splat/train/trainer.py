@@ -86,8 +86,12 @@ def build_model(cfg: TrainConfig, device: torch.device):
         model.config = replace(model.config, model_name=cfg.model.model_name)
     if cfg.model.posed_depth_calibration is not None:
         model.config = replace(model.config, posed_depth_calibration=cfg.model.posed_depth_calibration)
-    # Saved with the weights: inference then defaults to the resolution the model was trained at.
+    # Saved with the weights: inference then defaults to the resolution the model was trained at and, when the
+    # geometry learns, to the reference-view rule it was trained with.
     model.config = replace(model.config, process_res=max(cfg.data.height, cfg.data.width))
+    if cfg.train in ("geometry", "geometry+nvs", "all"):
+        rule = "first" if cfg.reference_view == "random" else cfg.reference_view
+        model.config = replace(model.config, ref_view_strategy=rule)
     if "nvs" in cfg.train or cfg.train == "all":
         if model.config.is_nested:
             raise InputError("train the any-view model of a nested checkpoint, not the nested wrapper")
@@ -181,15 +185,21 @@ class EpochItems(torch.utils.data.Dataset):
 # One step
 
 
-def compute_loss(model, batch, cfg: TrainConfig, posed: bool, lpips_fn=None) -> tuple[torch.Tensor, dict, dict]:
-    """Loss of one (per-process) batch -> (loss, scalar parts, outputs for logging)."""
+def compute_loss(
+    model, batch, cfg: TrainConfig, posed: bool, lpips_fn=None, reference: int | None = None
+) -> tuple[torch.Tensor, dict, dict]:
+    """Loss of one (per-process) batch -> (loss, scalar parts, outputs for logging). ``reference``: with
+    ``cfg.reference_view == "random"``, the context view that is the pose-free prediction's world frame."""
     from da3_splat.train import losses
-    from da3_splat.train.nvs import gaussian_depth_in_context, predict, render_views
+    from da3_splat.train.nvs import gaussian_depth_in_context, predict, reference_first, render_views
 
     geometry = cfg.train in ("geometry", "geometry+nvs", "all") or cfg.train == "nvs+heads" and cfg.loss.geometry > 0
     geometry = geometry and batch.context_depth is not None and cfg.loss.geometry > 0
     nvs = cfg.train != "geometry"
-    out = predict(model, batch, posed=posed, geometry=geometry, nvs=nvs)
+    strategy = model.config.ref_view_strategy if cfg.train in ("nvs", "nvs+heads") else cfg.reference_view
+    if not posed and strategy == "random":
+        batch, strategy = reference_first(batch, reference or 0), "first"
+    out = predict(model, batch, posed=posed, geometry=geometry, nvs=nvs, ref_view_strategy=strategy)
     total = torch.zeros((), device=batch.context_images.device)
     parts: dict[str, float] = {}
     if nvs:
@@ -214,10 +224,10 @@ def compute_loss(model, batch, cfg: TrainConfig, posed: bool, lpips_fn=None) -> 
             total = total + weight * d
             parts[f"nvs/{name}"] = float(d.detach())
     if geometry:
-        # GT in the batch's normalised frame (first context camera, median camera distance 1): the frame DA3 is
-        # conditioned in, so posed and pose-free samples share one depth scale.
+        # GT in the model's reference camera and at unit mean point distance; the prediction is scaled to it
+        # (losses.prediction_scale), so no sample's loss depends on how far apart its cameras happen to be.
         gt = {"depth": batch.context_depth, "extrinsics": batch.context_w2c, "intrinsics": batch.context_K}
-        g, p = losses.geometry_losses(out, gt, normalize=False)
+        g, p = losses.geometry_losses(out, gt)
         total = total + cfg.loss.geometry * g
         parts.update({f"geometry/{k}": float(v) for k, v in p.items()})
     parts["loss"] = float(total.detach())
@@ -322,10 +332,12 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
             epoch = step // sampler.per_epoch
             sample = next(batches)
             batch = SceneBatch.from_dataset(sample, device)
-            posed = bool(np.random.default_rng([pose_rng_seed, step]).random() < cfg.posed)
+            draw = np.random.default_rng([pose_rng_seed, step])
+            posed = bool(draw.random() < cfg.posed)
+            reference = int(draw.integers(batch.context_images.shape[1]))
             train_mode(model, cfg)
             with _autocast(device, cfg.bf16):
-                loss, parts, out = compute_loss(ddp_model, batch, cfg, posed, lpips_fn)
+                loss, parts, out = compute_loss(ddp_model, batch, cfg, posed, lpips_fn, reference)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.clip > 0:
@@ -379,22 +391,36 @@ def validation_set(cfg: TrainConfig):
 
 
 def validate(model, data, device) -> dict:
-    """Held-out scores (posed): PSNR/SSIM of the NVS head when the model has one, depth AbsRel always."""
+    """Held-out scores: posed PSNR/SSIM of the NVS head when the model has one and depth AbsRel; pose-free (when
+    the model predicts cameras) depth AbsRel and the median pairwise rotation / translation-direction errors."""
     from da3_splat.data.dataset import collate
     from da3_splat.eval_protocol import evaluate_scene
+    from da3_splat.geometry_metrics import pose_scores
     from da3_splat.train.nvs import SceneBatch
 
     model.eval()
     sums: dict[str, list[float]] = {}
+    rot, trans = [], []
+    modes = ("posed", "pose-free") if model.has_cameras else ("posed",)
     for i in range(len(data)):
         batch = SceneBatch.from_dataset(collate([data[i]]), device)
-        scores = evaluate_scene(model, batch, "posed", baseline=False)["scores"]
-        for key, value in (("val/psnr", scores.get("nvs-head", {}).get("psnr")),
-                           ("val/ssim", scores.get("nvs-head", {}).get("ssim")),
-                           ("val/depth_abs_rel", scores.get("depth", {}).get("abs_rel"))):  # fmt: skip
-            if value is not None:
-                sums.setdefault(key, []).append(value)
-    return {k: float(np.mean(v)) for k, v in sums.items()}
+        for mode in modes:
+            scores = evaluate_scene(model, batch, mode, baseline=False)["scores"]
+            suffix = "" if mode == "posed" else "_pose_free"
+            for key, value in ((f"val/psnr{suffix}", scores.get("nvs-head", {}).get("psnr")),
+                               (f"val/ssim{suffix}", scores.get("nvs-head", {}).get("ssim")),
+                               (f"val/depth_abs_rel{suffix}", scores.get("depth", {}).get("abs_rel"))):  # fmt: skip
+                if value is not None:
+                    sums.setdefault(key, []).append(value)
+            if "pose" in scores:
+                rot += scores["pose"]["rotation"]
+                trans += scores["pose"]["translation"]
+    result = {k: float(np.mean(v)) for k, v in sums.items()}
+    if rot:
+        pose = pose_scores(rot, trans)
+        result.update({"val/rotation_median": pose.rotation_median, "val/translation_median": pose.translation_median,
+                       "val/pose_auc15": pose.auc15})  # fmt: skip
+    return result
 
 
 def _progress(console, enabled: bool):

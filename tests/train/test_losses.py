@@ -117,6 +117,38 @@ def test_normalize_scene_invariant_to_world_similarity():
     torch.testing.assert_close(b.scale / a.scale, torch.tensor([s], dtype=torch.float64))
 
 
+def test_normalize_scene_uses_the_reference_view_frame():
+    # For S >= 3 pose-free views DA3 predicts in the camera of the view it selects (out["reference_view"]), so the
+    # GT must be expressed there; the same scene seen from view 0 differs by exactly that rigid change of frame.
+    batch = _scene()
+    ref = torch.tensor([2])
+    scene = normalize_scene(batch["extrinsics"], batch["depth"], batch["intrinsics"], reference=ref)
+    torch.testing.assert_close(scene.w2c[:, 2], torch.eye(4, dtype=torch.float64).expand(B, 4, 4))
+    first = normalize_scene(batch["extrinsics"], batch["depth"], batch["intrinsics"])
+    assert not torch.allclose(scene.w2c, first.w2c)
+    # Relative poses do not depend on the frame; the scale is the mean point distance to the reference camera.
+    rel = scene.w2c[:, 1] @ rigid_inverse(scene.w2c[:, 0])
+    rel_first = first.w2c[:, 1] @ rigid_inverse(first.w2c[:, 0])
+    torch.testing.assert_close(rel[..., :3, :3], rel_first[..., :3, :3])
+    pts = depth_to_world_points(scene.depth, batch["intrinsics"], scene.w2c)
+    assert abs(float(pts.norm(dim=-1).mean()) - 1.0) < 1e-10
+
+
+def test_geometry_losses_follow_the_reference_view():
+    # A perfect prediction in the reference view's frame scores zero camera loss only when the loss is told
+    # which view that is; scored against view 0's frame it is penalised.
+    batch = _scene()
+    ref = torch.tensor([1])
+    scene = normalize_scene(batch["extrinsics"], batch["depth"], batch["intrinsics"], reference=ref)
+    out = _perfect_output(batch)
+    out.update(depth=scene.depth.clone(), extrinsics=scene.w2c[..., :3, :4].clone(),
+               ray=gt_rays(scene.w2c, batch["intrinsics"], H, W, h, w))  # fmt: skip
+    _, right = geometry_losses({**out, "reference_view": ref}, batch)
+    _, wrong = geometry_losses(out, batch)
+    assert float(right["camera"]) < 1e-6 and float(right["point"]) < 1e-6
+    assert float(wrong["camera"]) > 0.1
+
+
 def test_pose_encoding_matches_geometry_up_to_quaternion_sign():
     batch = _scene()
     w2c, K = batch["extrinsics"], batch["intrinsics"]
@@ -258,3 +290,21 @@ def test_geometry_losses_run_in_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         total, parts = geometry_losses(out, batch)
     assert total.dtype == torch.float32 and float(parts["point"]) < 0.05  # only bf16 rounding of the inputs
+
+
+def test_reference_first_moves_one_view_and_keeps_the_rest_in_order():
+    from da3_splat.train.nvs import SceneBatch, reference_first
+
+    S = 4
+    ids = torch.arange(S, dtype=torch.float32)
+    batch = SceneBatch(
+        context_images=ids[None, :, None, None, None].expand(1, S, 3, 2, 2), context_w2c=torch.eye(4).repeat(1, S, 1, 1),
+        context_K=ids[None, :, None, None].expand(1, S, 3, 3), target_images=torch.zeros(1, 1, 3, 2, 2),
+        target_w2c=torch.eye(4)[None, None], target_K=torch.eye(3)[None, None], scale=torch.ones(1),
+        context_depth=ids[None, :, None, None].expand(1, S, 2, 2),
+    )  # fmt: skip
+    moved = reference_first(batch, 2)
+    assert moved.context_images[0, :, 0, 0, 0].tolist() == [2, 0, 1, 3]
+    assert moved.context_K[0, :, 0, 0].tolist() == [2, 0, 1, 3]
+    assert moved.context_depth[0, :, 0, 0].tolist() == [2, 0, 1, 3]
+    assert moved.target_images is batch.target_images
