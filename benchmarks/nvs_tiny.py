@@ -9,7 +9,8 @@ every 8th frame a target, 4 farthest-point context views, 126x224):
 - for a plane-sweep head, also the head-free Gaussians at the plane-swept depth: the non-learned part on its own,
 - the untrained model: the same architecture (NVS head included) with random weights,
 plus depth AbsRel / delta<1.25 (median-aligned) and the pose-free cameras' pairwise errors with AUC of the trained and
-untrained model against the constant-depth baseline, and the training time of both stages when their run folders are given. Writes benchmarks/results/nvs_tiny.md.
+untrained model against the constant-depth baseline, and the training time of both stages when their run folders
+are given. Writes benchmarks/results/nvs_tiny.md.
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def main() -> None:
                           f"(bar +{BAR_DB:.1f} dB: {'**met**' if gain >= BAR_DB else '**not met**'})")  # fmt: skip
         if "head-free-swept" in res:
             gain = res["nvs-head"]["psnr"] - res["head-free-swept"]["psnr"]
-            checks.append(f"- {mode}: trained NVS head - head-free at the swept depth = {gain:+.2f} dB (what the learned "
-                          f"head adds over the non-learned sweep it reads; bar +{SWEPT_BAR_DB:.1f} dB: "
+            checks.append(f"- {mode}: trained NVS head - head-free at the swept depth = {gain:+.2f} dB (what the "
+                          f"learned head adds over the non-learned sweep it reads; bar +{SWEPT_BAR_DB:.1f} dB: "
                           f"{_met(gain >= SWEPT_BAR_DB)})")  # fmt: skip
     geometry_rows = []
     for mode, geo in trained["geometry"].items():

@@ -46,7 +46,8 @@ FRAMES = 8
 def overfit_args(train: Path, out: Path, steps: int, lr: float, posed: float, seed: int) -> list[str]:
     return [
         "tiny-synthetic-geometry", "--data.train", str(train), "--data.val", "--steps", str(steps),
-        "--data.window", str(FRAMES), str(FRAMES), "--posed", str(posed), "--optim.lr", str(lr), "--optim.warmup", "50", "--seed", str(seed), "--no-progress",
+        "--data.window", str(FRAMES), str(FRAMES), "--posed", str(posed), "--optim.lr", str(lr),
+        "--optim.warmup", "50", "--seed", str(seed), "--no-progress",
         "--checkpoint-every", str(max(1, steps // 4)), "--keep-checkpoints", "8", "--log-every", "10",
         "--eval-every", str(10**9), "-o", str(out), "--overwrite",
     ]  # fmt: skip
@@ -129,7 +130,8 @@ def main() -> None:
             f"- {len(scenes)} synthetic scenes (seed 31, {FRAMES} frames, 135x240), trained at {SIZE[0]}x{SIZE[1]}: "
             f"preset tiny-synthetic-geometry, --steps {a.steps} --optim.lr {a.lr} --posed {a.posed} (2-4 context "
             f"views of the {FRAMES} frames)",
-            f"- training: {summary['steps']} steps in {minutes:.1f} min wall, {summary['cpu_seconds'] / 60:.1f} CPU-min",
+            f"- training: {summary['steps']} steps in {minutes:.1f} min wall, "
+            f"{summary['cpu_seconds'] / 60:.1f} CPU-min",
             f"- scored pose-free on those same scenes: {len(data)} samples drawn as training draws them (seed 12345); "
             f"constant-depth AbsRel {end['abs_rel_constant']:.3f}; {end['pairs']} camera pairs",
             f"- training loss: first 10 logged mean {np.mean(losses[:10]):.3f}, last 10 logged mean "

@@ -60,8 +60,9 @@ class DA3Config:
     # training resolution for models trained with da3-splat (a small model trained at 224 px misjudges depth at 504).
     process_res: int = 504
     # With known cameras (``gs_cameras``), rescale the predicted depth to them before placing Gaussians:
-    # "cameras": by the ratio of the given cameras' baselines to the model's own predicted ones (geometry.baseline_scale;
-    # for models trained with the scale-normalised geometry losses, whose depth and cameras share one free scale);
+    # "cameras": by the ratio of the given cameras' baselines to the model's own predicted ones
+    # (geometry.baseline_scale; for models trained with the scale-normalised geometry losses, whose depth and cameras
+    # share one free scale);
     # "photometric" (or true): by photometric consistency between the views (photometric.photometric_depth_scale;
     # the first da3-tiny-synthetic weights, trained in the camera-normalised frame, were off by a median x1.77);
     # "cameras+photometric": the first, then the second around it. false / "none": off.

@@ -84,6 +84,20 @@ def reference_first(batch: SceneBatch, view: int) -> SceneBatch:
     )  # fmt: skip
 
 
+def rescaled(batch: SceneBatch, factor: Tensor) -> SceneBatch:
+    """The batch in units ``factor`` (B,) times smaller: translations and depths divided, first camera unchanged."""
+    def w2c(t: Tensor) -> Tensor:
+        return torch.cat([t[..., :3], t[..., 3:] / factor[:, None, None, None]], dim=-1)
+
+    def depth(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t / factor[:, None, None, None]
+
+    return replace(
+        batch, context_w2c=w2c(batch.context_w2c), target_w2c=w2c(batch.target_w2c), scale=batch.scale * factor,
+        context_depth=depth(batch.context_depth), target_depth=depth(batch.target_depth),
+    )  # fmt: skip
+
+
 def predict(
     model,
     batch: SceneBatch,
@@ -93,12 +107,14 @@ def predict(
     ref_view_strategy: str = "saddle_balanced",
 ) -> dict:
     """Run DA3 on the context views. Returns the model's outputs plus, when ``nvs``, ``gaussians`` (batched, in
-    the normalised GT frame). ``geometry`` also computes the ray branch (for the geometry losses)."""
+    the normalised GT frame). ``geometry`` also computes the ray branch (for the geometry losses). The model's posed
+    depth calibration runs only for the Gaussians (``nvs``): without them the depth is the network's own, as the
+    geometry losses and the depth metrics (median-aligned) want it."""
     x = normalize_float(batch.context_images)
     cams = (batch.context_w2c, batch.context_K) if posed else None
     out = model(
         x, cams[0] if posed else None, cams[1] if posed else None, ref_view_strategy=ref_view_strategy,
-        infer_gs=nvs, return_rays=geometry, gs_cameras=cams,
+        infer_gs=nvs, return_rays=geometry, gs_cameras=cams if nvs else None,
     )  # fmt: skip
     if nvs and not posed:
         R, t, s = first_camera_alignment(out["extrinsics"], batch.context_w2c)

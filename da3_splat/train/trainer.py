@@ -191,7 +191,7 @@ def compute_loss(
     """Loss of one (per-process) batch -> (loss, scalar parts, outputs for logging). ``reference``: with
     ``cfg.reference_view == "random"``, the context view that is the pose-free prediction's world frame."""
     from da3_splat.train import losses
-    from da3_splat.train.nvs import gaussian_depth_in_context, predict, reference_first, render_views
+    from da3_splat.train.nvs import gaussian_depth_in_context, predict, reference_first, render_views, rescaled
 
     geometry = cfg.train in ("geometry", "geometry+nvs", "all") or cfg.train == "nvs+heads" and cfg.loss.geometry > 0
     geometry = geometry and batch.context_depth is not None and cfg.loss.geometry > 0
@@ -199,6 +199,10 @@ def compute_loss(
     strategy = model.config.ref_view_strategy if cfg.train in ("nvs", "nvs+heads") else cfg.reference_view
     if not posed and strategy == "random":
         batch, strategy = reference_first(batch, reference or 0), "first"
+    if geometry and posed and not nvs:
+        # Condition on the cameras in the frame the geometry losses score in (first camera, unit mean point distance),
+        # so the depth the model is asked for has the scale of the cameras it is given, whatever the baseline.
+        batch = rescaled(batch, losses.normalize_scene(batch.context_w2c, batch.context_depth, batch.context_K).scale)
     out = predict(model, batch, posed=posed, geometry=geometry, nvs=nvs, ref_view_strategy=strategy)
     total = torch.zeros((), device=batch.context_images.device)
     parts: dict[str, float] = {}
@@ -224,10 +228,11 @@ def compute_loss(
             total = total + weight * d
             parts[f"nvs/{name}"] = float(d.detach())
     if geometry:
-        # GT in the model's reference camera and at unit mean point distance; the prediction is scaled to it
-        # (losses.prediction_scale), so no sample's loss depends on how far apart its cameras happen to be.
+        # GT in the model's reference camera and at unit mean point distance, so no sample's loss depends on how far
+        # apart its cameras happen to be.
         gt = {"depth": batch.context_depth, "extrinsics": batch.context_w2c, "intrinsics": batch.context_K}
-        g, p = losses.geometry_losses(out, gt)
+        # Posed with Gaussians: the GT stays in the frame of the cameras the Gaussians are placed with.
+        g, p = losses.geometry_losses(out, gt, normalize=not (posed and nvs))
         total = total + cfg.loss.geometry * g
         parts.update({f"geometry/{k}": float(v) for k, v in p.items()})
     parts["loss"] = float(total.detach())
@@ -307,6 +312,8 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
         start_step = ckpt.step
     if env.main:
         cfg.output.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:  # --overwrite: a fresh log, not the old run's rows followed by the new ones
+            (cfg.output / "metrics.jsonl").unlink(missing_ok=True)
         (cfg.output / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
         console.print(
             f"training {cfg.train} of {model.config.model_name}: {n_train / 1e6:.2f} M trainable parameters, "

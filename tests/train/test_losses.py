@@ -298,7 +298,8 @@ def test_reference_first_moves_one_view_and_keeps_the_rest_in_order():
     S = 4
     ids = torch.arange(S, dtype=torch.float32)
     batch = SceneBatch(
-        context_images=ids[None, :, None, None, None].expand(1, S, 3, 2, 2), context_w2c=torch.eye(4).repeat(1, S, 1, 1),
+        context_images=ids[None, :, None, None, None].expand(1, S, 3, 2, 2),
+        context_w2c=torch.eye(4).repeat(1, S, 1, 1),
         context_K=ids[None, :, None, None].expand(1, S, 3, 3), target_images=torch.zeros(1, 1, 3, 2, 2),
         target_w2c=torch.eye(4)[None, None], target_K=torch.eye(3)[None, None], scale=torch.ones(1),
         context_depth=ids[None, :, None, None].expand(1, S, 2, 2),
