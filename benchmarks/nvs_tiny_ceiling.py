@@ -34,7 +34,7 @@ from da3_splat.geometry import as_homogeneous, rigid_inverse
 from da3_splat.model import DA3
 from da3_splat.model.preprocess import normalize_float
 from da3_splat.train.nvs import SceneBatch, predict, render_views
-from da3_splat.train.trainer import scene_list
+from da3_splat.data.dl3dv import scene_list
 
 
 def target_psnr(batch: SceneBatch, gaussians: Gaussians) -> float:

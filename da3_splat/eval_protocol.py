@@ -180,7 +180,7 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
     from da3_splat.geometry_metrics import finite_or_none, pose_scores
     from da3_splat.predict import check_output_dir, load_model, resolve_device
     from da3_splat.train.nvs import SceneBatch
-    from da3_splat.train.trainer import scene_list
+    from da3_splat.data.dl3dv import scene_list
 
     console = console or Console(stderr=True)
     if cfg.height % 14 or cfg.width % 14:

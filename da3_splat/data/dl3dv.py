@@ -352,3 +352,16 @@ def load_views(scene: Scene, indices, size: tuple[int, int] | None = None) -> di
     if scene.depth_paths:
         out["depth"] = torch.from_numpy(np.stack(depths))
     return out
+
+
+def scene_list(roots) -> list[Path]:
+    """Every scene under the given folders (scene folders or folders of scenes); an error for a missing folder or
+    no scene at all."""
+    scenes = []
+    for r in roots:
+        if not Path(r).exists():
+            raise InputError(f"data folder {r} does not exist")
+        scenes += find_scenes(r)
+    if not scenes:
+        raise InputError(f"no scenes (transforms.json) under {', '.join(map(str, roots))}")
+    return scenes

@@ -104,10 +104,11 @@ def predict(
     posed: bool = True,
     geometry: bool = False,
     nvs: bool = True,
-    ref_view_strategy: str = "saddle_balanced",
+    ref_view_strategy: str | None = None,
 ) -> dict:
     """Run DA3 on the context views. Returns the model's outputs plus, when ``nvs``, ``gaussians`` (batched, in
-    the normalised GT frame). ``geometry`` also computes the ray branch (for the geometry losses). The model's posed
+    the normalised GT frame). ``geometry`` also computes the ray branch (for the geometry losses).
+    ``ref_view_strategy`` None: the model's own rule (``config.ref_view_strategy``). The model's posed
     depth calibration runs only for the Gaussians (``nvs``): without them the depth is the network's own, as the
     geometry losses and the depth metrics (median-aligned) want it."""
     x = normalize_float(batch.context_images)

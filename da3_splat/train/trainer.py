@@ -19,8 +19,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from da3_splat.data.dl3dv import scene_list
 from da3_splat.errors import InputError
 from da3_splat.train.config import CONFIG_DIR, TrainConfig, config_to_dict
+from da3_splat.train.validation import validate, validation_set
 
 TRAINABLE = {  # mode -> module name prefixes that learn
     "nvs": ("gs_head",),
@@ -121,19 +123,6 @@ def param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def scene_list(roots) -> list[Path]:
-    from da3_splat.data.dl3dv import find_scenes
-
-    scenes = []
-    for r in roots:
-        if not Path(r).exists():
-            raise InputError(f"data folder {r} does not exist")
-        scenes += find_scenes(r)
-    if not scenes:
-        raise InputError(f"no scenes (transforms.json) under {', '.join(map(str, roots))}")
-    return scenes
-
-
 def check_output(cfg: TrainConfig) -> None:
     out = cfg.output
     has_run = (out / "checkpoints").exists() or (out / "model").exists()
@@ -196,7 +185,8 @@ def compute_loss(
     geometry = cfg.train in ("geometry", "geometry+nvs", "all") or cfg.train == "nvs+heads" and cfg.loss.geometry > 0
     geometry = geometry and batch.context_depth is not None and cfg.loss.geometry > 0
     nvs = cfg.train != "geometry"
-    strategy = model.config.ref_view_strategy if cfg.train in ("nvs", "nvs+heads") else cfg.reference_view
+    # Frozen geometry: the model's own rule (None); geometry that learns: the configured one.
+    strategy = None if cfg.train in ("nvs", "nvs+heads") else cfg.reference_view
     if not posed and strategy == "random":
         batch, strategy = reference_first(batch, reference or 0), "first"
     if geometry and posed and not nvs:
@@ -382,52 +372,6 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
         writer.close()
     env.barrier()
     return summary
-
-
-def validation_set(cfg: TrainConfig):
-    """The first ``val_scenes`` held-out scenes with their fixed evaluation views (each scene's
-    eval_index.json, 4 context views), or None when the config names none."""
-    if not cfg.data.val or cfg.data.val_scenes <= 0:
-        return None
-    from da3_splat.data.dataset import NVSDataset
-
-    scenes = scene_list(cfg.data.val)[: cfg.data.val_scenes]
-    size = (cfg.data.height, cfg.data.width)
-    lo, hi = cfg.data.context_views
-    return NVSDataset.for_evaluation(scenes, size=size, num_context=min(max(4, lo), hi), downscale=cfg.data.downscale)
-
-
-def validate(model, data, device) -> dict:
-    """Held-out scores: posed PSNR/SSIM of the NVS head when the model has one and depth AbsRel; pose-free (when
-    the model predicts cameras) depth AbsRel and the median pairwise rotation / translation-direction errors."""
-    from da3_splat.data.dataset import collate
-    from da3_splat.eval_protocol import evaluate_scene
-    from da3_splat.geometry_metrics import pose_scores
-    from da3_splat.train.nvs import SceneBatch
-
-    model.eval()
-    sums: dict[str, list[float]] = {}
-    rot, trans = [], []
-    modes = ("posed", "pose-free") if model.has_cameras else ("posed",)
-    for i in range(len(data)):
-        batch = SceneBatch.from_dataset(collate([data[i]]), device)
-        for mode in modes:
-            scores = evaluate_scene(model, batch, mode, baseline=False)["scores"]
-            suffix = "" if mode == "posed" else "_pose_free"
-            for key, value in ((f"val/psnr{suffix}", scores.get("nvs-head", {}).get("psnr")),
-                               (f"val/ssim{suffix}", scores.get("nvs-head", {}).get("ssim")),
-                               (f"val/depth_abs_rel{suffix}", scores.get("depth", {}).get("abs_rel"))):  # fmt: skip
-                if value is not None:
-                    sums.setdefault(key, []).append(value)
-            if "pose" in scores:
-                rot += scores["pose"]["rotation"]
-                trans += scores["pose"]["translation"]
-    result = {k: float(np.mean(v)) for k, v in sums.items()}
-    if rot:
-        pose = pose_scores(rot, trans)
-        result.update({"val/rotation_median": pose.rotation_median, "val/translation_median": pose.translation_median,
-                       "val/pose_auc15": pose.auc15})  # fmt: skip
-    return result
 
 
 def _progress(console, enabled: bool):
