@@ -26,9 +26,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from _common import RESULTS, loadavg, machine_header, md_table, official_and_ours
-
 import torch
+from _common import RESULTS, loadavg, machine_header, md_table, official_and_ours
 
 CPU_CONFIGS, CPU_VIEWS, CPU_HW = ("da3-small", "da3-base"), (1, 4, 8), (280, 504)
 SCALING_VIEWS = {1: 3, 2: 3, 4: 3, 8: 3, 16: 2, 32: 1}  # S -> timed runs (da3-small, ours + rays)
@@ -196,10 +195,12 @@ def run_worker(spec: dict) -> dict:
         print(f"    disturbed (other processes took {100 * res['foreign_cpu']:.0f}% of the CPU): retry", flush=True)
     res = best
     err = max(res.get("errs", {}).values(), default=float("nan"))
-    print(f"  {res['device']} {res['name']} S={res['S']:>2} {res['impl']:<9}  median {res['median_s']:.3f} s  "
-          f"forward peak {res['fwd_peak_mb']:.0f} MB  total {res['total_peak_mb']:.0f} MB  err {err:.1e}  "
-          f"foreign CPU {100 * res['foreign_cpu']:.0f}%",
-          flush=True)  # fmt: skip
+    print(
+        f"  {res['device']} {res['name']} S={res['S']:>2} {res['impl']:<9}  median {res['median_s']:.3f} s  "
+        f"forward peak {res['fwd_peak_mb']:.0f} MB  total {res['total_peak_mb']:.0f} MB  err {err:.1e}  "
+        f"foreign CPU {100 * res['foreign_cpu']:.0f}%",
+        flush=True,
+    )
     return res
 
 
@@ -234,17 +235,53 @@ def cpu_tables(res, configs, views):
             speedups.append(sp)
             mem_ok.append((a["fwd_peak_mb"] <= o["fwd_peak_mb"], a["total_peak_mb"] <= o["total_peak_mb"]))
             errs.append(max_err(res, name, S))
-            main.append([name, S, f"{o['median_s']:.3f}", f"{a['median_s']:.3f}", f"{sp:.3f}x",
-                         f"{r['median_s']:.3f}", f"{o['fwd_peak_mb']:.0f}", f"{a['fwd_peak_mb']:.0f}",
-                         f"{errs[-1]:.1e}"])  # fmt: skip
+            main.append(
+                [
+                    name,
+                    S,
+                    f"{o['median_s']:.3f}",
+                    f"{a['median_s']:.3f}",
+                    f"{sp:.3f}x",
+                    f"{r['median_s']:.3f}",
+                    f"{o['fwd_peak_mb']:.0f}",
+                    f"{a['fwd_peak_mb']:.0f}",
+                    f"{errs[-1]:.1e}",
+                ]
+            )
             for v in (o, a, r):
-                detail.append([name, S, v["impl"], f"{v['fwd_peak_mb']:.0f}", f"{v['total_peak_mb']:.0f}",
-                               f"{v['ru_maxrss_mb']:.0f}", " ".join(f"{t:.3f}" for t in v["times"]),
-                               foreign_cell(v)])  # fmt: skip
-    heads = ["config", "S", "official median s", "ours median s", "speed-up", "ours+rays median s",
-             "official peak MB (forward)", "ours peak MB (forward)", "max rel err"]  # fmt: skip
-    dheads = ["config", "S", "impl", "forward peak MB", "peak incl. weights MB", "ru_maxrss MB", "timed runs s",
-              "foreign CPU"]
+                detail.append(
+                    [
+                        name,
+                        S,
+                        v["impl"],
+                        f"{v['fwd_peak_mb']:.0f}",
+                        f"{v['total_peak_mb']:.0f}",
+                        f"{v['ru_maxrss_mb']:.0f}",
+                        " ".join(f"{t:.3f}" for t in v["times"]),
+                        foreign_cell(v),
+                    ]
+                )
+    heads = [
+        "config",
+        "S",
+        "official median s",
+        "ours median s",
+        "speed-up",
+        "ours+rays median s",
+        "official peak MB (forward)",
+        "ours peak MB (forward)",
+        "max rel err",
+    ]
+    dheads = [
+        "config",
+        "S",
+        "impl",
+        "forward peak MB",
+        "peak incl. weights MB",
+        "ru_maxrss MB",
+        "timed runs s",
+        "foreign CPU",
+    ]
     bars = [
         f"- speed (ours >= {SPEED_BAR}x the official, every row): min speed-up {min(speedups):.3f}x, max "
         f"{max(speedups):.3f}x -> **{'met' if min(speedups) >= SPEED_BAR else 'NOT met'}** as measured",
@@ -261,23 +298,45 @@ def cpu_tables(res, configs, views):
 def scaling(views: dict) -> tuple[str, str, list[dict]]:
     rows, prev, res = [], None, []
     for S, runs in views.items():
-        r = run_worker({"impl": "ours+rays", "name": "da3-small", "S": S, "hw": CPU_HW, "runs": runs,
-                        "warm_one_view": True})  # fmt: skip
+        r = run_worker(
+            {"impl": "ours+rays", "name": "da3-small", "S": S, "hw": CPU_HW, "runs": runs, "warm_one_view": True}
+        )
         res.append(r)
         marginal = "" if prev is None else f"{(r['fwd_peak_mb'] - prev['fwd_peak_mb']) / (S - prev['S']):.0f}"
-        rows.append([S, runs, f"{r['median_s']:.2f}", f"{r['median_s'] / S:.3f}", f"{r['fwd_peak_mb']:.0f}",
-                     f"{r['fwd_peak_mb'] / S:.0f}", marginal, f"{r['total_peak_mb']:.0f}",
-                     foreign_cell(r)])  # fmt: skip
+        rows.append(
+            [
+                S,
+                runs,
+                f"{r['median_s']:.2f}",
+                f"{r['median_s'] / S:.3f}",
+                f"{r['fwd_peak_mb']:.0f}",
+                f"{r['fwd_peak_mb'] / S:.0f}",
+                marginal,
+                f"{r['total_peak_mb']:.0f}",
+                foreign_cell(r),
+            ]
+        )
         prev = r
-    heads = ["S", "runs", "median s", "s / view", "forward peak MB", "MB / view", "added MB per added view",
-             "peak incl. weights MB", "foreign CPU"]  # fmt: skip
+    heads = [
+        "S",
+        "runs",
+        "median s",
+        "s / view",
+        "forward peak MB",
+        "MB / view",
+        "added MB per added view",
+        "peak incl. weights MB",
+        "foreign CPU",
+    ]
     lo, hi = res[0], res[-1]
     for r in res:
         if r["S"] == 8:
             lo = r
     ratio = (hi["fwd_peak_mb"] / hi["S"]) / (lo["fwd_peak_mb"] / lo["S"])
-    bar = (f"- memory at most linear in views (forward peak per view at S={hi['S']} <= 1.25x that at S={lo['S']}): "
-           f"ratio {ratio:.2f} -> **{'met' if ratio <= 1.25 else 'NOT met'}** as measured")  # fmt: skip
+    bar = (
+        f"- memory at most linear in views (forward peak per view at S={hi['S']} <= 1.25x that at S={lo['S']}): "
+        f"ratio {ratio:.2f} -> **{'met' if ratio <= 1.25 else 'NOT met'}** as measured"
+    )
     return md_table(heads, rows), bar, res
 
 
@@ -293,20 +352,43 @@ def cuda_section(runs, tmp) -> tuple[str, list[str]]:
             sp = o["median_s"] / v["median_s"]
             speed += [sp] if impl == "ours" else []
             err = f"{max(v['errs'].values()):.1e}" if "errs" in v else ""
-            rows.append([name, impl, f"{v['median_s']:.3f}", f"{CUDA_VIEWS / v['median_s']:.1f}", f"{sp:.2f}x",
-                         f"{v['total_peak_mb']:.0f}", f"{v['fwd_peak_mb']:.0f}", err])  # fmt: skip
-    heads = ["config", "impl", "median s", "FPS", "speed-up vs official", "max_memory_allocated MB",
-             "forward increase MB", "max rel err (bf16)"]  # fmt: skip
-    return md_table(heads, rows), [f"- CUDA (bf16, S={CUDA_VIEWS}): ours / official speed-up "
-                                   + ", ".join(f"{s:.2f}x" for s in speed)]  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    impl,
+                    f"{v['median_s']:.3f}",
+                    f"{CUDA_VIEWS / v['median_s']:.1f}",
+                    f"{sp:.2f}x",
+                    f"{v['total_peak_mb']:.0f}",
+                    f"{v['fwd_peak_mb']:.0f}",
+                    err,
+                ]
+            )
+    heads = [
+        "config",
+        "impl",
+        "median s",
+        "FPS",
+        "speed-up vs official",
+        "max_memory_allocated MB",
+        "forward increase MB",
+        "max rel err (bf16)",
+    ]
+    return md_table(heads, rows), [
+        f"- CUDA (bf16, S={CUDA_VIEWS}): ours / official speed-up " + ", ".join(f"{s:.2f}x" for s in speed)
+    ]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke check: S=1, 2 runs")
     ap.add_argument("--out", type=Path, help="markdown output (default: results/backbone.md; none with --quick)")
-    ap.add_argument("--max-foreign", type=float, default=QUIET["max_foreign"],
-                    help="CPU share other processes may take during a measurement before it is retried")
+    ap.add_argument(
+        "--max-foreign",
+        type=float,
+        default=QUIET["max_foreign"],
+        help="CPU share other processes may take during a measurement before it is retried",
+    )
     ap.add_argument("--retries", type=int, default=QUIET["retries"], help="retries of a disturbed measurement")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -332,56 +414,61 @@ def main():
     worker_loads = [x for r in cpu_res for x in r["load"]]
     foreign = [r["foreign_cpu"] for r in cpu_res]
     h, w = CPU_HW
-    doc = machine_header("Backbone benchmark: ours vs official depth-anything-3 0.1.1", [
-        f"- load average (1/5/15 min): {load0} at start, {loadavg()} at end; 1-min load seen by the "
-        f"CPU workers: {min(worker_loads):.2f} to {max(worker_loads):.2f}; CPU time taken by other processes "
-        f"during a worker's passes: median {100 * statistics.median(foreign):.0f}%, max {100 * max(foreign):.0f}% "
-        f"of the machine (column 'foreign CPU')",
-        f"- wall time of this benchmark: {minutes:.1f} min{' (--quick)' if args.quick else ''}, of which "
-        f"{QUIET['waited_s'] / 60:.1f} min waiting for a quiet machine; {QUIET['discarded']} attempt(s) "
-        f"disturbed by other processes (more than max-foreign CPU share)",
-    ]) + "\n".join([  # fmt: skip
-        "",
-        "## Method",
-        "",
-        f"Same perturbed random weights for both (`tests/oracle.py: build_official(name, seed=0)`, loaded into "
-        f"ours in memory), same seeded input (1, S, 3, {h}, {w}), fp32, `torch.inference_mode()`, the same "
-        f"thread count in every worker. Official: `wrapper.model(x)`. Ours: `model(x, return_rays=False)` "
-        f"(exactly the official outputs) and `model(x)` (+ ray/ray_conf). Each (implementation, config, S) "
-        f"runs in a fresh subprocess: 1 warm-up pass, then {runs} timed passes; the median is reported. "
-        f"Forward peak memory: the largest increase of resident memory during one S-view pass (warm-up "
-        f"included) over the RSS right before it (after gc and malloc_trim); peak = max of the kernel "
-        f"high-water mark (VmHWM, reset via /proc/self/clear_refs) and a 1 ms /proc/self/statm sampler. "
-        f"'peak incl. weights' is the absolute RSS peak during the passes; ru_maxrss (whole process, model "
-        f"construction included) is for reference. The max rel err (max|a-b|/max|b|) compares each of ours' "
-        f"outputs of the timed passes with the official worker's. 'foreign CPU': share of the machine's CPU "
-        f"time used by other processes during a worker's passes (/proc/stat minus the worker's own time); "
-        f"timings with a large share are disturbed. Each CPU measurement waits until other processes use at most "
-        f"{100 * QUIET['max_foreign']:.0f}% of the CPU and is repeated (up to {QUIET['retries']} times) when "
-        f"they took more during its passes; the least disturbed attempt is reported.",
-        "",
-        f"## CPU, fp32, {h}x{w}",
-        "",
-        main_t,
-        "Memory and timing detail:",
-        "",
-        detail_t,
-        f"## View scaling (da3-small, ours with rays, {h}x{w})",
-        "",
-        "Fresh subprocess per S; warm-up with a 1-view pass, then the timed S-view runs (median). The heads run "
-        "over views in chunks and global attention uses flash attention (memory linear in tokens).",
-        "",
-        scale_t,
-        f"## CUDA (bf16 autocast on the backbone, {CUDA_HW[1]}x{CUDA_HW[0]}, S={CUDA_VIEWS})",
-        "",
-        cuda_t,
-        "## Bars (as measured)",
-        "",
-        *bars,
-        scale_bar,
-        *cuda_bars,
-        "",
-    ])
+    doc = machine_header(
+        "Backbone benchmark: ours vs official depth-anything-3 0.1.1",
+        [
+            f"- load average (1/5/15 min): {load0} at start, {loadavg()} at end; 1-min load seen by the "
+            f"CPU workers: {min(worker_loads):.2f} to {max(worker_loads):.2f}; CPU time taken by other processes "
+            f"during a worker's passes: median {100 * statistics.median(foreign):.0f}%, max {100 * max(foreign):.0f}% "
+            f"of the machine (column 'foreign CPU')",
+            f"- wall time of this benchmark: {minutes:.1f} min{' (--quick)' if args.quick else ''}, of which "
+            f"{QUIET['waited_s'] / 60:.1f} min waiting for a quiet machine; {QUIET['discarded']} attempt(s) "
+            f"disturbed by other processes (more than max-foreign CPU share)",
+        ],
+    ) + "\n".join(
+        [
+            "",
+            "## Method",
+            "",
+            f"Same perturbed random weights for both (`tests/oracle.py: build_official(name, seed=0)`, loaded into "
+            f"ours in memory), same seeded input (1, S, 3, {h}, {w}), fp32, `torch.inference_mode()`, the same "
+            f"thread count in every worker. Official: `wrapper.model(x)`. Ours: `model(x, return_rays=False)` "
+            f"(exactly the official outputs) and `model(x)` (+ ray/ray_conf). Each (implementation, config, S) "
+            f"runs in a fresh subprocess: 1 warm-up pass, then {runs} timed passes; the median is reported. "
+            f"Forward peak memory: the largest increase of resident memory during one S-view pass (warm-up "
+            f"included) over the RSS right before it (after gc and malloc_trim); peak = max of the kernel "
+            f"high-water mark (VmHWM, reset via /proc/self/clear_refs) and a 1 ms /proc/self/statm sampler. "
+            f"'peak incl. weights' is the absolute RSS peak during the passes; ru_maxrss (whole process, model "
+            f"construction included) is for reference. The max rel err (max|a-b|/max|b|) compares each of ours' "
+            f"outputs of the timed passes with the official worker's. 'foreign CPU': share of the machine's CPU "
+            f"time used by other processes during a worker's passes (/proc/stat minus the worker's own time); "
+            f"timings with a large share are disturbed. Each CPU measurement waits until other processes use at most "
+            f"{100 * QUIET['max_foreign']:.0f}% of the CPU and is repeated (up to {QUIET['retries']} times) when "
+            f"they took more during its passes; the least disturbed attempt is reported.",
+            "",
+            f"## CPU, fp32, {h}x{w}",
+            "",
+            main_t,
+            "Memory and timing detail:",
+            "",
+            detail_t,
+            f"## View scaling (da3-small, ours with rays, {h}x{w})",
+            "",
+            "Fresh subprocess per S; warm-up with a 1-view pass, then the timed S-view runs (median). The heads run "
+            "over views in chunks and global attention uses flash attention (memory linear in tokens).",
+            "",
+            scale_t,
+            f"## CUDA (bf16 autocast on the backbone, {CUDA_HW[1]}x{CUDA_HW[0]}, S={CUDA_VIEWS})",
+            "",
+            cuda_t,
+            "## Bars (as measured)",
+            "",
+            *bars,
+            scale_bar,
+            *cuda_bars,
+            "",
+        ]
+    )
     print("\n" + doc)
     out = args.out or (None if args.quick else RESULTS / "backbone.md")
     if out:

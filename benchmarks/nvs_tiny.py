@@ -21,11 +21,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from _common import RESULTS, loadavg, machine_header, md_table  # benchmarks/ is on sys.path as the script's folder
 
-import torch
-
-from da3_splat.eval_protocol import EvalConfig, run_eval
+from da3_splat.commands.eval import EvalConfig, run_eval
 from da3_splat.model import DA3
 
 BAR_DB = 2.0
@@ -55,8 +54,15 @@ def training_rows(runs: list[Path]) -> list[list]:
         summary = json.loads((run / "summary.json").read_text())
         config = json.loads((run / "config.json").read_text())
         cpu = summary.get("cpu_seconds")
-        rows.append([run.name, config["train"], summary["steps"], f"{summary['seconds'] / 60:.1f}",
-                     "n/a" if cpu is None else f"{cpu / 60:.1f}"])  # fmt: skip
+        rows.append(
+            [
+                run.name,
+                config["train"],
+                summary["steps"],
+                f"{summary['seconds'] / 60:.1f}",
+                "n/a" if cpu is None else f"{cpu / 60:.1f}",
+            ]
+        )
     return rows
 
 
@@ -65,8 +71,13 @@ def main() -> None:
     p.add_argument("--scenes", type=Path, default=Path("data/synthetic/val"))
     p.add_argument("--model", default="da3-tiny-synthetic")
     p.add_argument("--max-scenes", type=int, default=20)
-    p.add_argument("--runs", type=Path, nargs="*", default=[Path("outputs/tiny-geometry"), Path("outputs/tiny-nvs")],
-                   help="training run folders whose summary.json gives the training time")  # fmt: skip
+    p.add_argument(
+        "--runs",
+        type=Path,
+        nargs="*",
+        default=[Path("outputs/tiny-geometry"), Path("outputs/tiny-nvs")],
+        help="training run folders whose summary.json gives the training time",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "nvs_tiny.md")
     a = p.parse_args()
     if not a.scenes.is_dir():
@@ -89,24 +100,46 @@ def main() -> None:
         if "head-free-swept" in res:  # a plane-sweep head: also what the non-learned sweep gives on its own
             methods.append(("head-free from its plane-swept depth (no head)", res["head-free-swept"]))
         for label, r in methods + [("untrained (random weights)", base)]:
-            rows.append([mode, label, f"{r['psnr']:.2f}", f"{r['ssim']:.3f}", f"{r['gaussians']:.0f}",
-                         f"{r['seconds_per_scene']:.2f}"])  # fmt: skip
+            rows.append(
+                [
+                    mode,
+                    label,
+                    f"{r['psnr']:.2f}",
+                    f"{r['ssim']:.3f}",
+                    f"{r['gaussians']:.0f}",
+                    f"{r['seconds_per_scene']:.2f}",
+                ]
+            )
         for label, other in (("head-free", res["head-free"]), ("untrained", base)):
             gain = res["nvs-head"]["psnr"] - other["psnr"]
-            checks.append(f"- {mode}: trained NVS head - {label} = {gain:+.2f} dB "
-                          f"(bar +{BAR_DB:.1f} dB: {'**met**' if gain >= BAR_DB else '**not met**'})")  # fmt: skip
+            checks.append(
+                f"- {mode}: trained NVS head - {label} = {gain:+.2f} dB "
+                f"(bar +{BAR_DB:.1f} dB: {'**met**' if gain >= BAR_DB else '**not met**'})"
+            )
         if "head-free-swept" in res:
             gain = res["nvs-head"]["psnr"] - res["head-free-swept"]["psnr"]
-            checks.append(f"- {mode}: trained NVS head - head-free at the swept depth = {gain:+.2f} dB (what the "
-                          f"learned head adds over the non-learned sweep it reads; bar +{SWEPT_BAR_DB:.1f} dB: "
-                          f"{_met(gain >= SWEPT_BAR_DB)})")  # fmt: skip
+            checks.append(
+                f"- {mode}: trained NVS head - head-free at the swept depth = {gain:+.2f} dB (what the "
+                f"learned head adds over the non-learned sweep it reads; bar +{SWEPT_BAR_DB:.1f} dB: "
+                f"{_met(gain >= SWEPT_BAR_DB)})"
+            )
     geometry_rows = []
     for mode, geo in trained["geometry"].items():
         for label, g in (("trained", geo), ("untrained (random weights)", untrained["geometry"][mode])):
             d, pose = g["depth"] or {}, g["pose"] or {}
-            geometry_rows.append([mode, label, _num(d.get("abs_rel")), _num(d.get("delta1")),
-                                  _num(pose.get("rotation_median"), ".2f"), _num(pose.get("translation_median"), ".2f"),
-                                  _num(pose.get("auc3")), _num(pose.get("auc5")), _num(pose.get("auc15"))])  # fmt: skip
+            geometry_rows.append(
+                [
+                    mode,
+                    label,
+                    _num(d.get("abs_rel")),
+                    _num(d.get("delta1")),
+                    _num(pose.get("rotation_median"), ".2f"),
+                    _num(pose.get("translation_median"), ".2f"),
+                    _num(pose.get("auc3")),
+                    _num(pose.get("auc5")),
+                    _num(pose.get("auc15")),
+                ]
+            )
     d = trained["depth"]
     geometry_rows.append(["", "constant depth (GT median)", _num(d["abs_rel_constant"]), "", "", "", "", "", ""])
     for mode, geo in trained["geometry"].items():
@@ -114,22 +147,38 @@ def main() -> None:
         checks.append(f"- {mode}: depth AbsRel {rel:.3f} (bar <= {ABS_REL_BAR}: {_met(rel <= ABS_REL_BAR)})")
         if geo["pose"]:
             rot, trans = geo["pose"]["rotation_median"], geo["pose"]["translation_median"]
-            checks.append(f"- {mode}: median relative rotation error {rot:.2f} deg (bar <= {ROTATION_BAR}: "
-                          f"{_met(rot <= ROTATION_BAR)}), translation direction {trans:.2f} deg (bar <= "
-                          f"{TRANSLATION_BAR}: {_met(trans <= TRANSLATION_BAR)})")  # fmt: skip
+            checks.append(
+                f"- {mode}: median relative rotation error {rot:.2f} deg (bar <= {ROTATION_BAR}: "
+                f"{_met(rot <= ROTATION_BAR)}), translation direction {trans:.2f} deg (bar <= "
+                f"{TRANSLATION_BAR}: {_met(trans <= TRANSLATION_BAR)})"
+            )
 
     text = machine_header(
         "Feed-forward NVS of da3-tiny-synthetic (`benchmarks/nvs_tiny.py`)",
-        [f"- load average before: {load_before}; after: {loadavg()}",
-         f"- model: {a.model}; {trained['scenes']} held-out scenes from {a.scenes} (never trained on); "
-         f"{trained['size'][0]}x{trained['size'][1]}, {trained['context_views']} context views, targets every 8th "
-         f"frame; LPIPS {'used' if trained['lpips'] else 'not available (no local weights)'}"],
-    )  # fmt: skip
+        [
+            f"- load average before: {load_before}; after: {loadavg()}",
+            f"- model: {a.model}; {trained['scenes']} held-out scenes from {a.scenes} (never trained on); "
+            f"{trained['size'][0]}x{trained['size'][1]}, {trained['context_views']} context views, targets every 8th "
+            f"frame; LPIPS {'used' if trained['lpips'] else 'not available (no local weights)'}",
+        ],
+    )
     text += "\n## Target views (mean over scenes)\n\n"
     text += md_table(["mode", "method", "PSNR (dB)", "SSIM", "Gaussians", "s / scene"], rows)
     text += "\n## Geometry: context-view depth (one median scale per scene) and pose-free cameras (all view pairs)\n\n"
-    text += md_table(["mode", "model", "AbsRel", "delta<1.25", "rot. err. median (deg)", "transl. dir. err. median "
-                      "(deg)", "AUC@3", "AUC@5", "AUC@15"], geometry_rows)  # fmt: skip
+    text += md_table(
+        [
+            "mode",
+            "model",
+            "AbsRel",
+            "delta<1.25",
+            "rot. err. median (deg)",
+            "transl. dir. err. median (deg)",
+            "AUC@3",
+            "AUC@5",
+            "AUC@15",
+        ],
+        geometry_rows,
+    )
     runs = [r for r in a.runs if (r / "summary.json").is_file()]
     if runs:
         text += "\n## Training (2 CPU cores)\n\n"

@@ -21,20 +21,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import RESULTS, machine_header, md_table  # benchmarks/ is on sys.path as the script's folder
-
 import numpy as np
 import torch
+from _common import RESULTS, machine_header, md_table  # benchmarks/ is on sys.path as the script's folder
 
 from da3_splat.build import headfree_gaussians
 from da3_splat.data.dataset import NVSDataset, collate
-from da3_splat.eval import psnr
+from da3_splat.data.dl3dv import scene_list
 from da3_splat.gaussians import Gaussians
 from da3_splat.geometry import as_homogeneous, rigid_inverse
+from da3_splat.image_metrics import psnr
 from da3_splat.model import DA3
 from da3_splat.model.preprocess import normalize_float
-from da3_splat.train.nvs import SceneBatch, predict, render_views
-from da3_splat.data.dl3dv import scene_list
+from da3_splat.nvs import SceneBatch, predict, render_views
 
 
 def target_psnr(batch: SceneBatch, gaussians: Gaussians) -> float:
@@ -73,8 +72,13 @@ def main() -> None:
     model = DA3.from_pretrained(a.model).eval()
     paths = scene_list([a.scenes])[: a.max_scenes]
     data = NVSDataset.for_evaluation(paths, size=(126, 224), num_context=4, downscale=4)
-    names = ["trained NVS head", "head-free, own depth", "head-free, own depth x oracle scale", "head-free, GT depth",
-             "head-free, plane-swept own depth (a plane-sweep head's start)"]  # fmt: skip
+    names = [
+        "trained NVS head",
+        "head-free, own depth",
+        "head-free, own depth x oracle scale",
+        "head-free, GT depth",
+        "head-free, plane-swept own depth (a plane-sweep head's start)",
+    ]
     scores: dict[str, list[float]] = {n: [] for n in names}
     log_scale, log_err, rot_err, dir_err = [], [], [], []
     with torch.inference_mode():
@@ -105,23 +109,29 @@ def main() -> None:
     rows = [[n, f"{np.mean(v):.2f}", f"{np.mean(v) - base:+.2f}"] for n, v in scores.items() if v]
     text = machine_header(
         "Where the tiny model's NVS PSNR goes (`benchmarks/nvs_tiny_ceiling.py`)",
-        [f"- model: {a.model}; {len(paths)} held-out scenes from {a.scenes}; 126x224, 4 context views, targets every "
-         "8th frame, posed (GT context cameras)"],
-    )  # fmt: skip
+        [
+            f"- model: {a.model}; {len(paths)} held-out scenes from {a.scenes}; 126x224, 4 context views, targets every "
+            "8th frame, posed (GT context cameras)"
+        ],
+    )
     text += "\n## Target-view PSNR (mean over scenes)\n\n"
     text += md_table(["Gaussians", "PSNR (dB)", "vs head-free, own depth"], rows)
     text += "\n## The model's posed depth against GT (context views)\n\n"
     text += md_table(
         ["measure", "median", "mean", "max"],
-        [["per-scene scale error, x", *(f"{np.exp(f(log_scale)):.2f}" for f in (np.median, np.mean, np.max))],
-         ["mean abs log error after that scale", *(f"{f(log_err):.3f}" for f in (np.median, np.mean, np.max))]],
-    )  # fmt: skip
+        [
+            ["per-scene scale error, x", *(f"{np.exp(f(log_scale)):.2f}" for f in (np.median, np.mean, np.max))],
+            ["mean abs log error after that scale", *(f"{f(log_err):.3f}" for f in (np.median, np.mean, np.max))],
+        ],
+    )
     text += "\n## Pose-free cameras against GT (each context view relative to the first; degrees)\n\n"
     text += md_table(
         ["measure", "median", "mean", "max"],
-        [[name, *(f"{f(v):.1f}" for f in (np.median, np.mean, np.max))]
-         for name, v in (("rotation error", rot_err), ("translation direction error", dir_err))],
-    )  # fmt: skip
+        [
+            [name, *(f"{f(v):.1f}" for f in (np.median, np.mean, np.max))]
+            for name, v in (("rotation error", rot_err), ("translation direction error", dir_err))
+        ],
+    )
     a.out.write_text(text)
     print(text)
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import gc
 import time
 
-from _common import RESULTS, loadavg, machine_header, md_table, official_and_ours
-
 import torch
+from _common import RESULTS, loadavg, machine_header, md_table, official_and_ours
 
 from da3_splat.geometry import normalize_extrinsics, quat_xyzw_to_matrix
 from tests.oracle import rel_err
@@ -81,8 +80,13 @@ def giant_gaussians() -> tuple:
     a, b = seeded(ours, x, infer_gs=True), seeded(wrapper.model, x, infer_gs=True)
     ga, gb = a["gaussians"], b["gaussians"]
     ours_g = {"means": ga.means, "scales": ga.scales, "rotations": ga.quats, "sh": ga.sh, "opacities": ga.opacities}
-    off_g = {"means": gb.means, "scales": gb.scales, "rotations": gb.rotations,
-             "sh": gb.harmonics.transpose(-1, -2), "opacities": gb.opacities}  # fmt: skip
+    off_g = {
+        "means": gb.means,
+        "scales": gb.scales,
+        "rotations": gb.rotations,
+        "sh": gb.harmonics.transpose(-1, -2),
+        "opacities": gb.opacities,
+    }
     return ("da3-giant", "infer_gs, 70x98", 3, errors(a, b, FIELDS) | errors(ours_g, off_g, GAUSS))
 
 
@@ -94,8 +98,9 @@ def nested_metric() -> tuple:
 
 
 def table(rows, fields) -> str:
-    body = [[n, mode, S, *(f"{e[f][0]:.1e} / {e[f][1]:.1e}" if f in e else "" for f in fields)]
-            for n, mode, S, e in rows]  # fmt: skip
+    body = [
+        [n, mode, S, *(f"{e[f][0]:.1e} / {e[f][1]:.1e}" if f in e else "" for f in fields)] for n, mode, S, e in rows
+    ]
     return md_table(["config", "input", "S", *fields], body)
 
 
@@ -113,27 +118,32 @@ def main():
             gc.collect()
     worst = max(e[0] for *_, errs in rows + big for e in errs.values())
     minutes = (time.time() - t0) / 60
-    doc = machine_header("Parity: ours vs official depth-anything-3 0.1.1 (fp32, CPU)", [
-        f"- load average (1/5/15 min): {load0} at start, {loadavg()} at end; wall time {minutes:.1f} min",
-    ]) + "\n".join([  # fmt: skip
-        "",
-        "Same perturbed random weights for both (`tests/oracle.py`), loaded into ours in memory through the strict "
-        "key map. Each cell: max relative error max|a-b|/max|b| / max absolute error max|a-b|. Ray pose: "
-        "`torch.manual_seed(0)` before each call. Rays of the official net come from `official.backbone(...)` + "
-        "`official.head(...)` (its forward discards them). Gaussians: rotations vs the official `rotations`, sh vs "
-        "`harmonics.transpose(-1, -2)`.",
-        "",
-        f"## da3-small and da3-base, {H}x{W}",
-        "",
-        table(rows, FIELDS + RAYS),
-        "## da3-giant (Gaussians) and da3nested-giant-large (metric scaling)",
-        "",
-        table(big[:1], FIELDS + GAUSS),
-        table(big[1:], ("depth", "extrinsics", "scale_factor")),
-        f"Largest relative error of all: {worst:.1e} -> "
-        f"**{'within' if worst <= TOL else 'OUTSIDE'}** the 1e-4 parity tolerance, as measured.",
-        "",
-    ])
+    doc = machine_header(
+        "Parity: ours vs official depth-anything-3 0.1.1 (fp32, CPU)",
+        [
+            f"- load average (1/5/15 min): {load0} at start, {loadavg()} at end; wall time {minutes:.1f} min",
+        ],
+    ) + "\n".join(
+        [
+            "",
+            "Same perturbed random weights for both (`tests/oracle.py`), loaded into ours in memory through the strict "
+            "key map. Each cell: max relative error max|a-b|/max|b| / max absolute error max|a-b|. Ray pose: "
+            "`torch.manual_seed(0)` before each call. Rays of the official net come from `official.backbone(...)` + "
+            "`official.head(...)` (its forward discards them). Gaussians: rotations vs the official `rotations`, sh vs "
+            "`harmonics.transpose(-1, -2)`.",
+            "",
+            f"## da3-small and da3-base, {H}x{W}",
+            "",
+            table(rows, FIELDS + RAYS),
+            "## da3-giant (Gaussians) and da3nested-giant-large (metric scaling)",
+            "",
+            table(big[:1], FIELDS + GAUSS),
+            table(big[1:], ("depth", "extrinsics", "scale_factor")),
+            f"Largest relative error of all: {worst:.1e} -> "
+            f"**{'within' if worst <= TOL else 'OUTSIDE'}** the 1e-4 parity tolerance, as measured.",
+            "",
+        ]
+    )
     print("\n" + doc)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "parity.md").write_text(doc)

@@ -33,9 +33,8 @@ from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # nerfstudio compiles a helper we do not call
 
-from _common import RESULTS, ROOT, loadavg, machine_header, md_table  # noqa: E402
-
 import torch  # noqa: E402
+from _common import RESULTS, ROOT, loadavg, machine_header, md_table  # noqa: E402
 
 MYDESK = Path(os.environ.get("DA3_SPLAT_MYDESK", ROOT.parent / "shared" / "data" / "mydesk"))
 SEED = 3000
@@ -54,8 +53,9 @@ def scene_config(data: Path, init: str, args, out_dir: Path, res_scale: float, b
     cfg.steps_per_save = 10**9
     dm = cfg.pipeline.datamanager
     dm.data = data
-    dm.dataparser = NerfstudioDataParserConfig(downscale_factor=4, eval_mode="interval", eval_interval=8,
-                                               load_3D_points=False)  # fmt: skip
+    dm.dataparser = NerfstudioDataParserConfig(
+        downscale_factor=4, eval_mode="interval", eval_interval=8, load_3D_points=False
+    )
     dm.camera_res_scale_factor = res_scale
     m = cfg.pipeline.model
     m.init, m.weights, m.num_views, m.process_res = init, args.weights, args.views, args.process_res
@@ -69,7 +69,7 @@ def scene_config(data: Path, init: str, args, out_dir: Path, res_scale: float, b
 
 @torch.no_grad()
 def target_psnr(pipeline) -> float:
-    from da3_splat.eval import psnr
+    from da3_splat.image_metrics import psnr
 
     model = pipeline.model
     model.eval()
@@ -93,8 +93,14 @@ def refine(cfg, eval_steps: list[int]) -> list[dict]:
     rows, train_s = [], 0.0
     for step in range(max(eval_steps) + 1):
         if step in eval_steps:
-            rows.append({"step": step, "psnr": target_psnr(trainer.pipeline), "seconds": train_s,
-                         "gaussians": trainer.pipeline.model.num_points})  # fmt: skip
+            rows.append(
+                {
+                    "step": step,
+                    "psnr": target_psnr(trainer.pipeline),
+                    "seconds": train_s,
+                    "gaussians": trainer.pipeline.model.num_points,
+                }
+            )
         if step == max(eval_steps):
             break
         t0 = time.perf_counter()
@@ -200,15 +206,25 @@ def report(results, eval_steps, args, load_before, gpu, has_mydesk) -> str:
         for init in ("da3", "random"):
             r = results[name][init]
             seconds = r[-1]["seconds"]
-            times.append([f"{name}: {init}", f"{r[0]['setup_s']:.1f}", f"{seconds:.1f}", f"{seconds / B:.3f}",
-                          f"{r[0]['gaussians']:,}", f"{r[-1]['gaussians']:,}"])  # fmt: skip
+            times.append(
+                [
+                    f"{name}: {init}",
+                    f"{r[0]['setup_s']:.1f}",
+                    f"{seconds:.1f}",
+                    f"{seconds / B:.3f}",
+                    f"{r[0]['gaussians']:,}",
+                    f"{r[-1]['gaussians']:,}",
+                ]
+            )
     fifth = eval_steps.index(B // 5)
     bar = []
     for name in results:
         da3_fifth, rand_end = results[name]["da3"][fifth]["psnr"], results[name]["random"][-1]["psnr"]
         verdict = "met" if da3_fifth >= rand_end else "not met"
-        bar.append(f"- {name}: DA3 start at step {B // 5} {da3_fifth:.2f} dB vs random start at step {B} "
-                   f"{rand_end:.2f} dB: **{verdict}**")  # fmt: skip
+        bar.append(
+            f"- {name}: DA3 start at step {B // 5} {da3_fifth:.2f} dB vs random start at step {B} "
+            f"{rand_end:.2f} dB: **{verdict}**"
+        )
     extra = [
         f"- load average (1/5/15 min) before: {load_before}; after: {loadavg()} (other processes share the cores)",
         f"- weights: `{args.weights}`; DA3 on {args.views} farthest-point training views at process-res "
@@ -225,14 +241,17 @@ def report(results, eval_steps, args, load_before, gpu, has_mydesk) -> str:
     text = machine_header("Refinement: DA3 start vs random start (`benchmarks/refine.py`)", extra)
     text += "\n## PSNR (dB) on the target views\n\n" + md_table(headers, rows)
     text += "\n## Bar: DA3 start within 1/5 of the steps reaches the random start's final PSNR\n\n" + "\n".join(bar)
-    text += "\n\n## Time\n\n" + md_table(["run", "set-up s (DA3 incl.)", "refinement s", "s / step",
-                                          "Gaussians at start", "at end"], times)  # fmt: skip
+    text += "\n\n## Time\n\n" + md_table(
+        ["run", "set-up s (DA3 incl.)", "refinement s", "s / step", "Gaussians at start", "at end"], times
+    )
     text += "\n## Full 7k-step run on CUDA\n\n"
     if gpu is None:
         text += "Not run: no CUDA device on this machine.\n"
     else:
-        text += (f"{gpu['steps']} steps in {gpu['seconds']:.0f} s ({torch.cuda.get_device_name(0)}); target PSNR "
-                 f"{gpu['psnr0']:.2f} dB at the start, {gpu['psnr']:.2f} dB at the end (synthetic 0).\n")  # fmt: skip
+        text += (
+            f"{gpu['steps']} steps in {gpu['seconds']:.0f} s ({torch.cuda.get_device_name(0)}); target PSNR "
+            f"{gpu['psnr0']:.2f} dB at the start, {gpu['psnr']:.2f} dB at the end (synthetic 0).\n"
+        )
     return text
 
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from da3_splat.gaussians import Gaussians  # noqa: E402 (after the sys.path line, to run from a checkout)
-from da3_splat.render import render  # noqa: E402
+from da3_splat.rendering import render  # noqa: E402
 from da3_splat.sh import RGB2SH  # noqa: E402
 
 H, W = 140, 252  # render size, and the source size of the base case
@@ -96,8 +96,10 @@ def build_scene(views: int, h: int, w: int, seed: int = 0):
 
 def fwd_bwd(scene, device="cpu"):
     gaussians, viewmats, Ks = scene
-    params = [p.detach().to(device).requires_grad_() for p in (gaussians.means, gaussians.quats, gaussians.scales,
-                                                                 gaussians.opacities, gaussians.sh)]  # fmt: skip
+    params = [
+        p.detach().to(device).requires_grad_()
+        for p in (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.sh)
+    ]
     out = render(Gaussians(*params), viewmats.to(device), Ks.to(device), W, H, mode="RGB+D", return_info=True)
     out.info["means2d"].retain_grad()  # as splatfacto's densification does
     loss = (out.colors - 0.5).abs().mean() + 0.1 * out.depth.mean() + out.alpha.mean()
@@ -147,11 +149,19 @@ def run_case(index: int, repeats: int) -> dict:
     (busy1, own1) = cpu_seconds()
     sampler.stop = True
     sampler.join()
-    return {"label": label, "n": scene[0].num_gaussians, "source": f"{views} x {h}x{w}",
-            "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "mem_gb": (sampler.peak - base) / 1e9, "visible": int((out.info["radii"] > 0).sum()),
-            "coverage": float(out.alpha.detach().mean()), "load": os.getloadavg()[0],
-            "foreign": max(0.0, (busy1 - busy0) - (own1 - own0)) / sum(times)}  # fmt: skip
+    return {
+        "label": label,
+        "n": scene[0].num_gaussians,
+        "source": f"{views} x {h}x{w}",
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "mem_gb": (sampler.peak - base) / 1e9,
+        "visible": int((out.info["radii"] > 0).sum()),
+        "coverage": float(out.alpha.detach().mean()),
+        "load": os.getloadavg()[0],
+        "foreign": max(0.0, (busy1 - busy0) - (own1 - own0)) / sum(times),
+    }
 
 
 def run_cuda(repeats: int) -> list[dict]:
@@ -167,16 +177,24 @@ def run_cuda(repeats: int) -> list[dict]:
             fwd_bwd(scene, "cuda")
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-        rows.append({"label": label, "n": scene[0].num_gaussians, "median_s": statistics.median(times),
-                     "mem_gb": torch.cuda.max_memory_allocated() / 1e9})  # fmt: skip
+        rows.append(
+            {
+                "label": label,
+                "n": scene[0].num_gaussians,
+                "median_s": statistics.median(times),
+                "mem_gb": torch.cuda.max_memory_allocated() / 1e9,
+            }
+        )
     return rows
 
 
 def machine() -> str:
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")  # fmt: skip
+    return (
+        f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
 
 
 def main():
@@ -206,42 +224,56 @@ def main():
         "# Renderer benchmark (`benchmarks/render.py`)",
         "",
         f"- Machine: {machine()}",
-        (f"- Load average (1, 5, 15 min) before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
-         f"after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}. Other processes share these cores; "
-         "'foreign CPU' is the CPU time they took during the timed runs, in cores (2 = both cores busy)."),
+        (
+            f"- Load average (1, 5, 15 min) before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
+            f"after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}. Other processes share these cores; "
+            "'foreign CPU' is the CPU time they took during the timed runs, in cores (2 = both cores busy)."
+        ),
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
-        (f"- Render: {H}x{W} from the first source view, mode RGB+D, SH degree 0, loss on colour, depth and alpha; "
-         f"forward+backward median of {args.repeats} after one warm-up; memory = peak RSS increase over the "
-         "RSS before the first forward (fresh process per case, 1 ms sampler)."),
+        (
+            f"- Render: {H}x{W} from the first source view, mode RGB+D, SH degree 0, loss on colour, depth and alpha; "
+            f"forward+backward median of {args.repeats} after one warm-up; memory = peak RSS increase over the "
+            "RSS before the first forward (fresh process per case, 1 ms sampler)."
+        ),
         "",
-        "## CPU (torch renderer, `da3_splat.render.cpu`)",
+        "## CPU (torch renderer, `da3_splat.rendering.cpu`)",
         "",
-        ("| case | source maps | Gaussians | visible | alpha mean | fwd+bwd median | min | max | peak RSS increase | "
-         "µs per Gaussian | load (1 min) | foreign CPU |"),
+        (
+            "| case | source maps | Gaussians | visible | alpha mean | fwd+bwd median | min | max | peak RSS increase | "
+            "µs per Gaussian | load (1 min) | foreign CPU |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['label']} | failed: {r['error']} ||||||||||")
             continue
-        lines.append(f"| {r['label']} | {r['source']} | {r['n']:,} | {r['visible']:,} | {r['coverage']:.3f} | "
-                     f"{r['median_s']:.3f} s | {r['min_s']:.3f} s | {r['max_s']:.3f} s | {r['mem_gb']:.2f} GB | "
-                     f"{1e6 * r['median_s'] / r['n']:.2f} | {r['load']:.2f} | {r['foreign']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['label']} | {r['source']} | {r['n']:,} | {r['visible']:,} | {r['coverage']:.3f} | "
+            f"{r['median_s']:.3f} s | {r['min_s']:.3f} s | {r['max_s']:.3f} s | {r['mem_gb']:.2f} GB | "
+            f"{1e6 * r['median_s'] / r['n']:.2f} | {r['load']:.2f} | {r['foreign']:.2f} |"
+        )
     ok = {r["label"]: r for r in rows if "error" not in r}
     lines += ["", "## Bars (2 CPU cores)", ""]
     if "base" in ok:
         b = ok["base"]
-        lines.append(f"- 141k fwd+bwd median under {BARS['time_s']} s: {b['median_s']:.3f} s, "
-                     f"**{'met' if b['median_s'] < BARS['time_s'] else 'NOT met'}**")  # fmt: skip
-        lines.append(f"- 141k peak memory under {BARS['mem_gb']} GB: {b['mem_gb']:.2f} GB, "
-                     f"**{'met' if b['mem_gb'] < BARS['mem_gb'] else 'NOT met'}**")  # fmt: skip
+        lines.append(
+            f"- 141k fwd+bwd median under {BARS['time_s']} s: {b['median_s']:.3f} s, "
+            f"**{'met' if b['median_s'] < BARS['time_s'] else 'NOT met'}**"
+        )
+        lines.append(
+            f"- 141k peak memory under {BARS['mem_gb']} GB: {b['mem_gb']:.2f} GB, "
+            f"**{'met' if b['mem_gb'] < BARS['mem_gb'] else 'NOT met'}**"
+        )
         for r in rows[1:]:
             if "error" in r:
                 continue
             ratio_n, ratio_t = r["n"] / b["n"], r["median_s"] / b["median_s"]
             verdict = "met" if ratio_t <= ratio_n else "NOT met"
-            lines.append(f"- time no faster than linear in N ({r['label']}): {ratio_n:.0f}x Gaussians -> "
-                         f"{ratio_t:.2f}x time, **{verdict}**")  # fmt: skip
+            lines.append(
+                f"- time no faster than linear in N ({r['label']}): {ratio_n:.0f}x Gaussians -> "
+                f"{ratio_t:.2f}x time, **{verdict}**"
+            )
     lines += [
         "",
         "Notes: the source-resolution cases shrink each splat's footprint (scale = depth / focal of its source map),",
@@ -254,10 +286,16 @@ def main():
         "",
     ]
     if torch.cuda.is_available():
-        lines += [f"- Device: {torch.cuda.get_device_name()}", "",
-                  "| case | Gaussians | fwd+bwd median | peak CUDA memory |", "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['label']} | {r['n']:,} | {1e3 * r['median_s']:.1f} ms | {r['mem_gb']:.2f} GB |"
-                  for r in run_cuda(args.repeats)]  # fmt: skip
+        lines += [
+            f"- Device: {torch.cuda.get_device_name()}",
+            "",
+            "| case | Gaussians | fwd+bwd median | peak CUDA memory |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['label']} | {r['n']:,} | {1e3 * r['median_s']:.1f} ms | {r['mem_gb']:.2f} GB |"
+            for r in run_cuda(args.repeats)
+        ]
     else:
         lines.append("Not run: no CUDA device on this machine (`torch.cuda.is_available()` is False).")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

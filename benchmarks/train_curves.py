@@ -16,9 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import RESULTS, machine_header, md_table  # benchmarks/ is on sys.path as the script's folder
-
 import numpy as np
+from _common import RESULTS, machine_header, md_table  # benchmarks/ is on sys.path as the script's folder
 
 COLUMNS = [
     ("val/depth_abs_rel", "AbsRel posed", ".3f"),
@@ -55,8 +54,10 @@ def main() -> None:
         config = json.loads((run / "config.json").read_text())
         text += f"\n## {run.name}: preset {config.get('preset')}, {config['train']}, {config['steps']} steps\n\n"
         if summary:
-            text += (f"- {summary['steps']} steps in {summary['seconds'] / 60:.1f} min wall, "
-                     f"{summary['cpu_seconds'] / 60:.1f} CPU-min\n")  # fmt: skip
+            text += (
+                f"- {summary['steps']} steps in {summary['seconds'] / 60:.1f} min wall, "
+                f"{summary['cpu_seconds'] / 60:.1f} CPU-min\n"
+            )
         text += f"- held-out: {config['data']['val_scenes']} scenes of {', '.join(config['data']['val'])}\n\n"
         text += md_table(["step", "train loss (median)", *(label for _, label, _ in COLUMNS)], curve_rows(run))
     a.out.parent.mkdir(parents=True, exist_ok=True)

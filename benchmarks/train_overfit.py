@@ -21,19 +21,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import RESULTS, loadavg, machine_header, md_table  # benchmarks/ is on sys.path as the script's folder
-
 import numpy as np
 import torch
+from _common import RESULTS, loadavg, machine_header, md_table  # benchmarks/ is on sys.path as the script's folder
 
 from da3_splat.data.dataset import NVSDataset, collate
 from da3_splat.data.synthetic import SyntheticConfig, make_synthetic
 from da3_splat.eval_protocol import evaluate_scene
 from da3_splat.geometry_metrics import pose_scores
 from da3_splat.model import DA3
+from da3_splat.nvs import SceneBatch
 from da3_splat.train.checkpoint import load_checkpoint, step_dir_name
 from da3_splat.train.config import parse_train_args
-from da3_splat.train.nvs import SceneBatch
 from da3_splat.train.trainer import run_train
 
 BARS = {"abs_rel": 0.05, "rotation": 2.0, "translation": 5.0}
@@ -45,20 +44,51 @@ FRAMES = 8
 
 def overfit_args(train: Path, out: Path, steps: int, lr: float, posed: float, seed: int) -> list[str]:
     return [
-        "tiny-synthetic-geometry", "--data.train", str(train), "--data.val", "--steps", str(steps),
-        "--data.window", str(FRAMES), str(FRAMES), "--posed", str(posed), "--optim.lr", str(lr),
-        "--optim.warmup", "50", "--seed", str(seed), "--no-progress",
-        "--checkpoint-every", str(max(1, steps // 4)), "--keep-checkpoints", "8", "--log-every", "10",
-        "--eval-every", str(10**9), "-o", str(out), "--overwrite",
-    ]  # fmt: skip
+        "tiny-synthetic-geometry",
+        "--data.train",
+        str(train),
+        "--data.val",
+        "--steps",
+        str(steps),
+        "--data.window",
+        str(FRAMES),
+        str(FRAMES),
+        "--posed",
+        str(posed),
+        "--optim.lr",
+        str(lr),
+        "--optim.warmup",
+        "50",
+        "--seed",
+        str(seed),
+        "--no-progress",
+        "--checkpoint-every",
+        str(max(1, steps // 4)),
+        "--keep-checkpoints",
+        "8",
+        "--log-every",
+        "10",
+        "--eval-every",
+        str(10**9),
+        "-o",
+        str(out),
+        "--overwrite",
+    ]
 
 
 def scored_samples(scenes: list[Path], count: int, seed: int) -> NVSDataset:
     """``count`` samples per scene drawn as training draws them (2 to 4 of the scene's frames as context)."""
     return NVSDataset(
-        scenes, size=SIZE, num_context=(2, 4), num_targets=1, window=(FRAMES, FRAMES), downscale=4, seed=seed,
-        batch_size=1, items_per_epoch=count * len(scenes),
-    )  # fmt: skip
+        scenes,
+        size=SIZE,
+        num_context=(2, 4),
+        num_targets=1,
+        window=(FRAMES, FRAMES),
+        downscale=4,
+        seed=seed,
+        batch_size=1,
+        items_per_epoch=count * len(scenes),
+    )
 
 
 def score(model: DA3, data: NVSDataset) -> dict:
@@ -74,8 +104,12 @@ def score(model: DA3, data: NVSDataset) -> dict:
         rot += scores["pose"]["rotation"]
         trans += scores["pose"]["translation"]
     p = pose_scores(rot, trans)
-    return {"abs_rel": float(np.mean(rel)), "delta1": float(np.mean(delta)), "abs_rel_constant": float(np.mean(const)),
-            **p.to_dict()}  # fmt: skip
+    return {
+        "abs_rel": float(np.mean(rel)),
+        "delta1": float(np.mean(delta)),
+        "abs_rel_constant": float(np.mean(const)),
+        **p.to_dict(),
+    }
 
 
 def model_at(run: Path, step: int, template: DA3) -> DA3:
@@ -118,11 +152,23 @@ def main() -> None:
     losses = [r["loss"] for r in log if "loss" in r]
 
     end = curve[-1][1]
-    met = {k: end[{"abs_rel": "abs_rel", "rotation": "rotation_median", "translation": "translation_median"}[k]] <= v
-           for k, v in BARS.items()}  # fmt: skip
-    rows = [[s, f"{c['abs_rel']:.3f}", f"{c['delta1']:.3f}", f"{c['rotation_median']:.2f}",
-             f"{c['translation_median']:.2f}", f"{c['auc3']:.3f}", f"{c['auc5']:.3f}", f"{c['auc15']:.3f}"]
-            for s, c in curve]  # fmt: skip
+    met = {
+        k: end[{"abs_rel": "abs_rel", "rotation": "rotation_median", "translation": "translation_median"}[k]] <= v
+        for k, v in BARS.items()
+    }
+    rows = [
+        [
+            s,
+            f"{c['abs_rel']:.3f}",
+            f"{c['delta1']:.3f}",
+            f"{c['rotation_median']:.2f}",
+            f"{c['translation_median']:.2f}",
+            f"{c['auc3']:.3f}",
+            f"{c['auc5']:.3f}",
+            f"{c['auc15']:.3f}",
+        ]
+        for s, c in curve
+    ]
     text = machine_header(
         "Geometry training overfits a few scenes (issue 16)",
         [
@@ -140,12 +186,19 @@ def main() -> None:
         ],
     )
     text += md_table(
-        ["step", "AbsRel", "delta<1.25", "rot. err. median (deg)", "transl. dir. err. median (deg)",
-         "AUC@3", "AUC@5", "AUC@15"], rows,
-    )  # fmt: skip
-    text += "\n" + "\n".join(
-        f"- bar {k} <= {v}: {'met' if met[k] else 'NOT met'}" for k, v in BARS.items()
-    ) + "\n"  # fmt: skip
+        [
+            "step",
+            "AbsRel",
+            "delta<1.25",
+            "rot. err. median (deg)",
+            "transl. dir. err. median (deg)",
+            "AUC@3",
+            "AUC@5",
+            "AUC@15",
+        ],
+        rows,
+    )
+    text += "\n" + "\n".join(f"- bar {k} <= {v}: {'met' if met[k] else 'NOT met'}" for k, v in BARS.items()) + "\n"
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
     print(text)

@@ -16,10 +16,7 @@ Layout of an output folder (``write_prediction``)::
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,50 +24,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from da3_splat.files import atomic_write, write_json, write_npz, write_png
+
 OUTPUT_DIRS = ("images", "depth", "confidence")
 POINTS_FILE = "points.ply"
 SUMMARY_FILE = "prediction.json"
 DEFAULT_CONF_PERCENTILE = 30.0
 DEFAULT_MAX_POINTS = 2_000_000
 POINTS_SEED = 0
-
-
-def atomic_write(path, write: Callable) -> Path:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_png(path, rgb: np.ndarray) -> Path:
-    """HxW (grey) or HxWx3 RGB uint8 -> PNG."""
-    img = rgb if rgb.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OSError(f"PNG encoding failed for {path}")
-    return atomic_write(path, lambda f: f.write(buf.tobytes()))
-
-
-def write_npz(path, **arrays) -> Path:
-    """Uncompressed .npz (depth compresses poorly; reading stays fast)."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
-def write_json(path, data: dict) -> Path:
-    text = json.dumps(data, indent=2) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_point_cloud_ply(path, points: np.ndarray, colors: np.ndarray) -> Path:
@@ -203,9 +164,13 @@ def write_prediction(
     if has_cameras:
         H, W = pred.depth.shape[1:]
         write_transforms(
-            out_dir / "transforms.json", [f"images/{n}.png" for n in names], pred.extrinsics, pred.intrinsics,
-            [(H, W)] * S, ply_file_path=POINTS_FILE,
-        )  # fmt: skip
+            out_dir / "transforms.json",
+            [f"images/{n}.png" for n in names],
+            pred.extrinsics,
+            pred.intrinsics,
+            [(H, W)] * S,
+            ply_file_path=POINTS_FILE,
+        )
         tick("transforms.json")
         points, colors = confident_world_points(pred, conf_percentile, max_points)
         write_point_cloud_ply(out_dir / POINTS_FILE, points, colors)

@@ -93,6 +93,7 @@ def normalize_scene(context_w2c: Tensor, *others: Tensor) -> tuple[Tensor, list[
     first_inv = rigid_inverse(ctx[:, :1])
     rel = ctx @ first_inv
     scale = torch.stack([torch.median(camera_centers(r).norm(dim=-1)) for r in rel]).clamp(min=0.1)
+
     def move(w2c: Tensor) -> Tensor:
         out = (as_homogeneous(w2c) @ first_inv).clone()
         out[..., :3, 3] = out[..., :3, 3] / scale[:, None, None]
@@ -121,12 +122,18 @@ def quat_xyzw_to_matrix(q: Tensor) -> Tensor:
     s = 2.0 / (q * q).sum(-1)
     m = torch.stack(
         (
-            1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w),
-            s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w),
-            s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y),
+            1 - s * (y * y + z * z),
+            s * (x * y - z * w),
+            s * (x * z + y * w),
+            s * (x * y + z * w),
+            1 - s * (x * x + z * z),
+            s * (y * z - x * w),
+            s * (x * z - y * w),
+            s * (y * z + x * w),
+            1 - s * (x * x + y * y),
         ),
         dim=-1,
-    )  # fmt: skip
+    )
     return m.reshape(*q.shape[:-1], 3, 3)
 
 
@@ -139,9 +146,7 @@ def matrix_to_quat_xyzw(R: Tensor) -> Tensor:
     m = R.reshape(*R.shape[:-2], 9)
     m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.unbind(-1)
     # 4*w^2, 4*x^2, 4*y^2, 4*z^2 (clamped: rounding can make them slightly negative).
-    sq = torch.stack(
-        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
-    )
+    sq = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1)
     mag = torch.sqrt(sq.clamp(min=0))  # 2|w|, 2|x|, 2|y|, 2|z|
     # Row k: (w, x, y, z) scaled by 4*q_k; divide by 2*mag_k (floored) to get the quaternion.
     rows = torch.stack(

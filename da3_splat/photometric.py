@@ -27,8 +27,9 @@ def _sample_grid(p: Tensor, K: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
     return grid, (z > 1e-6) & (grid.abs() < 1).all(dim=-1)
 
 
-def _warp_cost(cam: Tensor, images: Tensor, w2c: Tensor, K: Tensor, factor: float, max_error: float,
-               min_overlap: float) -> Tensor:
+def _warp_cost(
+    cam: Tensor, images: Tensor, w2c: Tensor, K: Tensor, factor: float, max_error: float, min_overlap: float
+) -> Tensor:
     """Truncated L1 between every view and the other views warped onto it with depth ``factor * cam``."""
     S, H, W, _ = cam.shape
     c2w = rigid_inverse(w2c)

@@ -30,9 +30,23 @@ def ply_property_names(sh_degree: int) -> list[str]:
     """Property names, in file order, for a given SH degree."""
     n_rest = 3 * ((sh_degree + 1) ** 2 - 1)
     return [
-        "x", "y", "z", "nx", "ny", "nz", *_DC, *(f"f_rest_{i}" for i in range(n_rest)),
-        "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3",
-    ]  # fmt: skip
+        "x",
+        "y",
+        "z",
+        "nx",
+        "ny",
+        "nz",
+        *_DC,
+        *(f"f_rest_{i}" for i in range(n_rest)),
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
 
 
 def _encode(g: Gaussians) -> np.ndarray:
@@ -51,7 +65,7 @@ def write_ply(path, gaussians: Gaussians, overwrite: bool = False) -> Path:
     """Write unbatched Gaussians as a 3DGS PLY, atomically. Refuses to replace a file unless ``overwrite``."""
     from plyfile import PlyData, PlyElement
 
-    from da3_splat.export import atomic_write
+    from da3_splat.files import atomic_write
 
     path = Path(path)
     if path.exists() and not overwrite:

@@ -8,18 +8,24 @@ colour = ``sum_k c_k Y_k(d) + 0.5``.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 C0 = 0.28209479177387814
 C1 = 0.4886025119029199
 C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
 C3 = (
-    -0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-    -0.4570457994644658, 1.445305721320277, -0.5900435899266435,
-)  # fmt: skip
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
 
 MAX_DEGREE = 3
 
@@ -68,6 +74,19 @@ def eval_sh_basis(degree: int, dirs: Tensor) -> Tensor:
     return torch.stack(out, dim=-1)
 
 
+def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
+    """``sum_k c_k Y_k(d)`` over the first ``(degree + 1) ** 2`` coefficients of ``coeffs`` (..., K, C) along
+    directions ``dirs`` (..., 3), which need not be unit length -> (..., C). Colour is this plus 0.5.
+
+    Higher coefficients, if ``coeffs`` has them, are ignored (progressive SH training raises ``degree`` over time).
+    """
+    k = num_sh_bases(degree)
+    if coeffs.shape[-2] < k:
+        raise ValueError(f"SH degree {degree} needs {k} coefficients on dim -2, got {coeffs.shape[-2]}")
+    basis = eval_sh_basis(degree, F.normalize(dirs, p=2, dim=-1))
+    return (basis[..., None] * coeffs[..., :k, :]).sum(-2)
+
+
 # --------------------------------------------------------------------------------------------------
 # Rotation
 #
@@ -88,7 +107,7 @@ def _fibonacci_sphere(n: int) -> Tensor:
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fit_operators(degree: int) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Fixed directions (P, 3) and, per band, pinv(A_l) (2l+1, P), in float64 on the CPU."""
     dirs = _fibonacci_sphere(_NUM_FIT_DIRS)

@@ -7,7 +7,6 @@ run (DA3's start needs fewer steps than random or SfM points)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Type
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
@@ -26,7 +25,7 @@ MAX_STEPS = 7000
 class FloatExponentialDecaySchedulerConfig(ExponentialDecaySchedulerConfig):
     """nerfstudio's exponential decay, with learning rates kept as Python floats."""
 
-    _target: Type = field(default_factory=lambda: FloatExponentialDecayScheduler)
+    _target: type = field(default_factory=lambda: FloatExponentialDecayScheduler)
 
 
 class FloatExponentialDecayScheduler(ExponentialDecayScheduler):
@@ -50,8 +49,9 @@ def optimizers(max_steps: int = MAX_STEPS) -> dict:
         return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}
 
     def warm_decay(lr_final: float) -> FloatExponentialDecaySchedulerConfig:
-        return FloatExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=max_steps, warmup_steps=1000,
-                                                    lr_pre_warmup=0)  # fmt: skip
+        return FloatExponentialDecaySchedulerConfig(
+            lr_final=lr_final, max_steps=max_steps, warmup_steps=1000, lr_pre_warmup=0
+        )
 
     return {
         "means": adam(1.6e-4, FloatExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps)),

@@ -14,15 +14,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Type
+from typing import Literal
 
 import numpy as np
 import torch
 from nerfstudio.cameras import camera_utils
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
-from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from da3_splat.data.transforms import TRANSFORMS_FILE, write_transforms
@@ -39,7 +39,7 @@ ANCHORS = 4  # views shared by every DA3 pass when the images do not fit in one 
 class DA3ImagesDataParserConfig(DataParserConfig):
     """Photos or a video without cameras: Depth Anything 3 predicts the cameras and intrinsics."""
 
-    _target: Type = field(default_factory=lambda: DA3ImagesDataParser)
+    _target: type = field(default_factory=lambda: DA3ImagesDataParser)
     data: Path = Path()
     """A folder of images (not recursive) or a video (.mp4 .mov .avi .mkv .webm)."""
     weights: str = DEFAULT_WEIGHTS
@@ -53,7 +53,7 @@ class DA3ImagesDataParserConfig(DataParserConfig):
     """Where DA3 runs to predict the cameras."""
     video_stride: int = 1
     """Video: keep every N-th frame."""
-    max_frames: Optional[int] = None
+    max_frames: int | None = None
     """Video: keep at most this many frames."""
     eval_mode: Literal["interval", "all"] = "interval"
     """interval: every eval-interval-th image is held out for evaluation; all: every image trains and evaluates."""
@@ -63,7 +63,7 @@ class DA3ImagesDataParserConfig(DataParserConfig):
     auto_scale_poses: bool = True
     """Scale the cameras to fit in [-1, 1], as nerfstudio-data does."""
     scale_factor: float = 1.0
-    cameras: Optional[Path] = None
+    cameras: Path | None = None
     """A transforms.json written by an earlier run (set automatically in the run's config): reuse its cameras."""
 
 
@@ -93,15 +93,22 @@ class DA3ImagesDataParser(DataParser):
         c2w[:, :3, 3] *= scale
         K_t, sizes_t = torch.from_numpy(K).float(), torch.from_numpy(sizes)
         cameras = Cameras(
-            camera_to_worlds=c2w[idx, :3, :4], fx=K_t[idx, 0, 0:1], fy=K_t[idx, 1, 1:2], cx=K_t[idx, 0, 2:3],
-            cy=K_t[idx, 1, 2:3], width=sizes_t[idx, 1:2], height=sizes_t[idx, 0:1],
+            camera_to_worlds=c2w[idx, :3, :4],
+            fx=K_t[idx, 0, 0:1],
+            fy=K_t[idx, 1, 1:2],
+            cx=K_t[idx, 0, 2:3],
+            cy=K_t[idx, 1, 2:3],
+            width=sizes_t[idx, 1:2],
+            height=sizes_t[idx, 0:1],
             camera_type=CameraType.PERSPECTIVE,
-        )  # fmt: skip
+        )
         return DataparserOutputs(
-            image_filenames=[paths[i] for i in idx], cameras=cameras,
+            image_filenames=[paths[i] for i in idx],
+            cameras=cameras,
             scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]])),
-            dataparser_scale=scale, dataparser_transform=transform,
-        )  # fmt: skip
+            dataparser_scale=scale,
+            dataparser_transform=transform,
+        )
 
     def _split(self, n: int, split: str) -> list[int]:
         if self.config.eval_mode == "all":
@@ -164,7 +171,8 @@ class DA3ImagesDataParser(DataParser):
         return self._cameras
 
     def _predict(self, paths: list[Path]):
-        from da3_splat.predict import resolve_device
+        from da3_splat.runtime import resolve_device
+
         if self.config.max_views_per_pass < 2 * ANCHORS:
             got = self.config.max_views_per_pass
             raise DataError(f"--max-views-per-pass must be at least {2 * ANCHORS}, got {got}")

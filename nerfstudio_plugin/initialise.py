@@ -91,9 +91,13 @@ def feedforward_gaussians(
         scaled = w2c[run].copy()
         scaled[:, :3, 3] *= k
         pred = model.infer(
-            [images[i] for i in run], extrinsics=scaled, intrinsics=K[run], process_res=settings.process_res,
-            infer_gs=use_head, gs_given_cameras=True,
-        )  # fmt: skip
+            [images[i] for i in run],
+            extrinsics=scaled,
+            intrinsics=K[run],
+            process_res=settings.process_res,
+            infer_gs=use_head,
+            gs_given_cameras=True,
+        )
         g, source = gaussians_from_prediction(
             pred, None, settings.conf_percentile, prefer_head=use_head, device=device
         )  # no merging yet: the budget applies to all chunks together
@@ -171,6 +175,6 @@ def load_da3(weights: str, device):
     """A DA3 from any source ``da3-splat predict --model`` takes (random:CONFIG included, with its warning)."""
     from rich.console import Console
 
-    from da3_splat.predict import load_model
+    from da3_splat.runtime import load_model
 
     return load_model(weights, str(torch.device(device)), Console(stderr=True))

@@ -1,4 +1,4 @@
-"""``DA3SplatModel``: splatfacto that starts from DA3's Gaussians and renders through ``da3_splat.render``.
+"""``DA3SplatModel``: splatfacto that starts from DA3's Gaussians and renders through ``da3_splat.rendering``.
 
 It keeps splatfacto's parameter layout (``gauss_params``), losses, densification strategy and metrics, so
 ``ns-viewer``, ``ns-eval``, ``ns-render`` and ``ns-export gaussian-splat`` treat it as splatfacto. What changes:
@@ -6,7 +6,7 @@ It keeps splatfacto's parameter layout (``gauss_params``), losses, densification
 - ``populate_modules`` builds empty parameters; :meth:`DA3SplatModel.initialise` (called by the pipeline once the
   training images are loaded) fills them from DA3 feed-forward, or from random points / the dataset's point
   cloud for comparison. splatfacto's own set-up would also download LPIPS weights and move tensors to CUDA unconditionally.
-- ``get_outputs`` renders with ``da3_splat.render.render``: gsplat on CUDA, the project's torch renderer elsewhere.
+- ``get_outputs`` renders with ``da3_splat.rendering.render``: gsplat on CUDA, the project's torch renderer elsewhere.
 - ``refine_steps``: after that many steps the Gaussians are frozen and training stops; 0 gives the pure
   feed-forward result (one no-op step, then the checkpoint).
 """
@@ -17,7 +17,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Type
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch.nn import Parameter, ParameterDict
 
 from da3_splat.gaussians import Gaussians
 from da3_splat.geometry import opengl_c2w_to_opencv_w2c
-from da3_splat.render import render
+from da3_splat.rendering import render
 from nerfstudio_plugin.errors import DataError
 from nerfstudio_plugin.initialise import (
     DEFAULT_WEIGHTS,
@@ -53,7 +53,7 @@ _EVAL_BACKGROUND = (0.1490, 0.1647, 0.2157)
 class DA3SplatModelConfig(SplatfactoModelConfig):
     """splatfacto's options, plus where the Gaussians start."""
 
-    _target: Type = field(default_factory=lambda: DA3SplatModel)
+    _target: type = field(default_factory=lambda: DA3SplatModel)
     weights: str = DEFAULT_WEIGHTS
     """DA3 weights: bundled name, Hugging Face repo id, folder with config.json + model.safetensors, .safetensors
     file, or random:CONFIG (tests only)."""
@@ -75,7 +75,7 @@ class DA3SplatModelConfig(SplatfactoModelConfig):
     (a GS head's start on synthetic targets: 16.8 dB keeping all, 12.6 dB at the 30th percentile)."""
     use_gs_head: bool = True
     """Use the checkpoint's Gaussian head when it has one; otherwise (or when off) one splat per pixel from depth."""
-    refine_steps: Optional[int] = None
+    refine_steps: int | None = None
     """Per-scene refinement steps; training stops after them (0: the feed-forward result as it is). None: run
     --max-num-iterations steps."""
 
@@ -91,7 +91,7 @@ class _OptionalLPIPS:
     def __call__(self, a: Tensor, b: Tensor) -> Tensor:
         if not self._checked:
             self._checked = True
-            from da3_splat.eval import alexnet_weights_present
+            from da3_splat.image_metrics import alexnet_weights_present
 
             if alexnet_weights_present():
                 from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
@@ -108,8 +108,14 @@ class DA3SplatModel(SplatfactoModel):
 
     def populate_modules(self):
         rest = (self.config.sh_degree + 1) ** 2 - 1
-        shapes = {"means": (0, 3), "scales": (0, 3), "quats": (0, 4), "features_dc": (0, 3),
-                  "features_rest": (0, rest, 3), "opacities": (0, 1)}  # fmt: skip
+        shapes = {
+            "means": (0, 3),
+            "scales": (0, 3),
+            "quats": (0, 4),
+            "features_dc": (0, 3),
+            "features_rest": (0, rest, 3),
+            "opacities": (0, 1),
+        }
         self.gauss_params = ParameterDict({k: Parameter(torch.zeros(s)) for k, s in shapes.items()})
         self.init_sh_degree = 0  # SH bands the initial Gaussians already use (a GS head's)
         self.camera_optimizer = self.config.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
@@ -129,13 +135,22 @@ class DA3SplatModel(SplatfactoModel):
             self.bil_grids = BilateralGrid(num=self.num_train_data, grid_X=X, grid_Y=Y, grid_W=W)
         c = self.config
         self.strategy = DefaultStrategy(
-            prune_opa=c.cull_alpha_thresh, grow_grad2d=c.densify_grad_thresh, grow_scale3d=c.densify_size_thresh,
-            grow_scale2d=c.split_screen_size, prune_scale3d=c.cull_scale_thresh, prune_scale2d=c.cull_screen_size,
-            refine_scale2d_stop_iter=c.stop_screen_size_at, refine_start_iter=c.warmup_length,
-            refine_stop_iter=c.stop_split_at, reset_every=c.reset_alpha_every * c.refine_every,
-            refine_every=c.refine_every, pause_refine_after_reset=self.num_train_data + c.refine_every,
-            absgrad=c.use_absgrad, revised_opacity=False, verbose=True,
-        )  # fmt: skip
+            prune_opa=c.cull_alpha_thresh,
+            grow_grad2d=c.densify_grad_thresh,
+            grow_scale3d=c.densify_size_thresh,
+            grow_scale2d=c.split_screen_size,
+            prune_scale3d=c.cull_scale_thresh,
+            prune_scale2d=c.cull_screen_size,
+            refine_scale2d_stop_iter=c.stop_screen_size_at,
+            refine_start_iter=c.warmup_length,
+            refine_stop_iter=c.stop_split_at,
+            reset_every=c.reset_alpha_every * c.refine_every,
+            refine_every=c.refine_every,
+            pause_refine_after_reset=self.num_train_data + c.refine_every,
+            absgrad=c.use_absgrad,
+            revised_opacity=False,
+            verbose=True,
+        )
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
 
     # ----------------------------------------------------------------------------------------------
@@ -146,8 +161,9 @@ class DA3SplatModel(SplatfactoModel):
         world (the dataset's normalised frame), K (N, 3, 3) pixels."""
         c = self.config
         if c.init == "da3":
-            settings = FeedForwardSettings(c.weights, c.num_views, c.chunk_size, c.process_res, c.max_gaussians,
-                                           c.conf_percentile, c.use_gs_head)  # fmt: skip
+            settings = FeedForwardSettings(
+                c.weights, c.num_views, c.chunk_size, c.process_res, c.max_gaussians, c.conf_percentile, c.use_gs_head
+            )
             g = feedforward_gaussians(images, c2w, K, settings, self.device, load_model=load_da3, log=log)
             self.init_sh_degree = min(g.sh_degree, c.sh_degree)
         elif c.init == "points":
@@ -204,15 +220,23 @@ class DA3SplatModel(SplatfactoModel):
         sh_degree = max(min(self.step // self.config.sh_degree_interval, self.config.sh_degree), self.init_sh_degree)
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
             out = render(
-                g, opengl_c2w_to_opencv_w2c(c2w.reshape(-1, 3, 4).to(self.device)), K.reshape(-1, 3, 3), W, H,
-                sh_degree=sh_degree, background=background, mode="RGB+ED" if with_depth else "RGB",
-                rasterize_mode=self.config.rasterize_mode, absgrad=self.strategy.absgrad,
+                g,
+                opengl_c2w_to_opencv_w2c(c2w.reshape(-1, 3, 4).to(self.device)),
+                K.reshape(-1, 3, 3),
+                W,
+                H,
+                sh_degree=sh_degree,
+                background=background,
+                mode="RGB+ED" if with_depth else "RGB",
+                rasterize_mode=self.config.rasterize_mode,
+                absgrad=self.strategy.absgrad,
                 return_info=self.training and not self.frozen,
-            )  # fmt: skip
+            )
         if self.training and not self.frozen:
             self.info = out.info
-            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step,
-                                            self.info)  # fmt: skip
+            self.strategy.step_pre_backward(
+                self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info
+            )
         rgb = out.colors.clamp(0.0, 1.0)
         if self.config.use_bilateral_grid and self.training and camera.metadata and "cam_idx" in camera.metadata:
             rgb = self._apply_bilateral_grid(rgb, camera.metadata["cam_idx"], H, W)
@@ -269,4 +293,3 @@ class DA3SplatModel(SplatfactoModel):
 
             callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], stop_after_refinement))
         return callbacks
-

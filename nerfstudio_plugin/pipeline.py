@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type
+from typing import Literal
 
 import numpy as np
 import torch
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -49,15 +49,16 @@ def check_nerfstudio_data(data: Path | None) -> None:
 class DA3DatamanagerConfig(FullImageDatamanagerConfig):
     """Full images, as splatfacto; checks the data first and never pins memory on a machine without CUDA."""
 
-    _target: Type = field(default_factory=lambda: DA3Datamanager)
+    _target: type = field(default_factory=lambda: DA3Datamanager)
     cache_images_type: Literal["uint8", "float32"] = "uint8"
 
 
 class DA3Datamanager(FullImageDatamanager):
     config: DA3DatamanagerConfig
 
-    def __init__(self, config: DA3DatamanagerConfig, device="cpu", test_mode="val", world_size=1, local_rank=0,
-                 **kwargs):  # fmt: skip
+    def __init__(
+        self, config: DA3DatamanagerConfig, device="cpu", test_mode="val", world_size=1, local_rank=0, **kwargs
+    ):
         if isinstance(config.dataparser, NerfstudioDataParserConfig):
             check_nerfstudio_data(config.data if config.data is not None else config.dataparser.data)
         super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
@@ -71,12 +72,13 @@ class DA3Datamanager(FullImageDatamanager):
 
 @dataclass
 class DA3SplatPipelineConfig(VanillaPipelineConfig):
-    _target: Type = field(default_factory=lambda: DA3SplatPipeline)
+    _target: type = field(default_factory=lambda: DA3SplatPipeline)
 
 
 class DA3SplatPipeline(VanillaPipeline):
-    def __init__(self, config: DA3SplatPipelineConfig, device, test_mode="val", world_size=1, local_rank=0,
-                 grad_scaler=None):  # fmt: skip
+    def __init__(
+        self, config: DA3SplatPipelineConfig, device, test_mode="val", world_size=1, local_rank=0, grad_scaler=None
+    ):
         with one_line_errors("the training data"):
             super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
             if test_mode == "val":

@@ -19,7 +19,7 @@ from da3_splat.build import (
 from da3_splat.errors import InputError
 from da3_splat.gaussians import Gaussians
 from da3_splat.model.inference import Prediction
-from da3_splat.render import render
+from da3_splat.rendering import render
 from da3_splat.sh import SH2RGB
 
 
@@ -163,9 +163,12 @@ def test_gs_head_gaussians_are_used_when_present():
     pred = _prediction(S=1, H=14, W=28)
     n = 14 * 28
     head = Gaussians(
-        means=torch.randn(n, 3), quats=torch.randn(n, 4), scales=torch.rand(n, 3) * 0.01 + 1e-3,
-        opacities=torch.ones(n), sh=torch.randn(n, 9, 3),
-    )  # fmt: skip
+        means=torch.randn(n, 3),
+        quats=torch.randn(n, 4),
+        scales=torch.rand(n, 3) * 0.01 + 1e-3,
+        opacities=torch.ones(n),
+        sh=torch.randn(n, 9, 3),
+    )
     pred.gaussians = head
     g, source = gaussians_from_prediction(pred, max_gaussians=None, conf_percentile=None, trim_border=False)
     assert source == "gs-head" and g.num_gaussians == n and g.sh_degree == 2

@@ -17,8 +17,9 @@ from tests.train.test_trainer import MICRO_ARCH
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    make_synthetic(root / "scenes", 2, SyntheticConfig(frames=17, height=48, width=84, antialias=False), seed=5,
-                   workers=1)  # fmt: skip
+    make_synthetic(
+        root / "scenes", 2, SyntheticConfig(frames=17, height=48, width=84, antialias=False), seed=5, workers=1
+    )
     torch.manual_seed(0)
     DA3(DA3Config.from_dict(MICRO_ARCH)).add_nvs_head(16, 1).save_pretrained(root / "model")
     torch.manual_seed(0)
@@ -33,8 +34,22 @@ def run(*args, cwd):
 
 def test_metrics_and_grids(setup, tmp_path):
     out = tmp_path / "out"
-    res = run(setup / "scenes", "-o", out, "--model", setup / "model", "--height", 42, "--width", 70,
-              "--context-views", 2, "--device", "cpu", cwd=tmp_path)  # fmt: skip
+    res = run(
+        setup / "scenes",
+        "-o",
+        out,
+        "--model",
+        setup / "model",
+        "--height",
+        42,
+        "--width",
+        70,
+        "--context-views",
+        2,
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["scenes"] == 2 and m["size"] == [42, 70] and m["lpips"] in (True, False)
@@ -65,8 +80,26 @@ def test_metrics_and_grids(setup, tmp_path):
 
 
 def test_a_model_without_nvs_head_scores_the_baseline_only(setup, tmp_path):
-    res = run(setup / "scenes", "-o", tmp_path / "o", "--model", setup / "headless", "--height", 42, "--width", 70,
-              "--context-views", 2, "--modes", "posed", "--max-scenes", 1, "--device", "cpu", cwd=tmp_path)  # fmt: skip
+    res = run(
+        setup / "scenes",
+        "-o",
+        tmp_path / "o",
+        "--model",
+        setup / "headless",
+        "--height",
+        42,
+        "--width",
+        70,
+        "--context-views",
+        2,
+        "--modes",
+        "posed",
+        "--max-scenes",
+        1,
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert list(m["results"]) == ["posed"] and list(m["results"]["posed"]) == ["head-free"]

@@ -19,8 +19,11 @@ import pytest
 from plyfile import PlyData
 
 from da3_splat import cli
+from da3_splat.commands.predict import PredictConfig
 from da3_splat.data.transforms import read_transforms, write_transforms
-from da3_splat.predict import PredictConfig, match_poses, unique_names
+from da3_splat.errors import InputError
+from da3_splat.files import INCOMPLETE_MARKER, check_output_dir
+from da3_splat.inputs import match_poses, unique_names
 
 RES = "140"
 
@@ -365,8 +368,39 @@ def test_unexpected_errors_debug_and_ctrl_c(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "runner_for", lambda config: interrupted)
-    assert cli.run(object()) == 130 and capsys.readouterr().err == ""
+    assert cli.run(object()) == 130 and capsys.readouterr().err == "error: interrupted\n"
     assert cli.describe_error(PermissionError(13, "Permission denied", "/x")) == "Permission denied: /x"
+
+
+def test_ctrl_c_marks_the_output_folder_and_a_later_run_says_so(tmp_path, monkeypatch, capsys):
+    def interrupted(config):
+        (config.output / "images").mkdir(parents=True)  # some output was written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "runner_for", lambda config: interrupted)
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    out = tmp_path / "out"
+    assert cli.run(PredictConfig(input=tmp_path, output=out)) == 130
+    assert capsys.readouterr().err == f"error: interrupted; {out} may be incomplete (rerun with --overwrite)\n"
+    assert (out / INCOMPLETE_MARKER).is_file()
+    with pytest.raises(InputError, match="holds an interrupted run; pass --overwrite"):
+        check_output_dir(out, overwrite=False)
+    # a completed run over it (--overwrite) removes the mark
+    monkeypatch.setattr(cli, "runner_for", lambda config: lambda c: None)
+    assert cli.run(PredictConfig(input=tmp_path, output=out, overwrite=True)) == 0
+    assert not (out / INCOMPLETE_MARKER).exists()
+
+
+@pytest.mark.parametrize("bad", ["/proc/da3-splat-out", "{file}/sub"])
+def test_outputs_that_cannot_be_created_fail_before_any_work(tmp_path, bad, capsys, monkeypatch):
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    (tmp_path / "a.png").write_bytes(b"")  # never decoded: the output check comes first
+    (tmp_path / "file").write_text("x")
+    out = bad.format(file=tmp_path / "file")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", str(tmp_path / "a.png"), "-o", out, "--model", "no/such-model"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith(f"error: cannot create output {out}") and err.count("\n") == 1
 
 
 def test_parse_builds_predict_config(tmp_path):

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from da3_splat.commands.splat import path_cameras
 from da3_splat.data.transforms import read_transforms
 from da3_splat.ply import read_ply
-from da3_splat.render.camera_path import find_ffmpeg
-from da3_splat.splat import path_cameras
+from da3_splat.rendering.camera_path import find_ffmpeg
 from tests.test_cli_predict import assert_user_error, run_cli, write_noise_images
 
 MODEL = "random:da3-small"

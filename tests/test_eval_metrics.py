@@ -1,4 +1,4 @@
-"""Tests for the image metrics in da3_splat.eval (PSNR, SSIM, offline-only LPIPS, aggregation)."""
+"""Tests for the image metrics in da3_splat.image_metrics (PSNR, SSIM, offline-only LPIPS, aggregation)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from da3_splat.eval import ImageMetrics, load_lpips, lpips_status, psnr, ssim
+from da3_splat.image_metrics import ImageMetrics, load_lpips, lpips_status, psnr, ssim
 
 
 def _ssim_reference(x: torch.Tensor, y: torch.Tensor, window: int, sigma: float) -> float:

@@ -54,9 +54,14 @@ def _run_oracle(adapter, raw, opacity, depth, w2c, K, gt=None):
     H, W = raw.shape[2:4]
     with torch.no_grad():
         return adapter(
-            extrinsics=_as_44(w2c), intrinsics=K, depths=depth, opacities=opacity, raw_gaussians=raw,
-            image_shape=(H, W), gt_extrinsics=None if gt is None else _as_44(gt),
-        )  # fmt: skip
+            extrinsics=_as_44(w2c),
+            intrinsics=K,
+            depths=depth,
+            opacities=opacity,
+            raw_gaussians=raw,
+            image_shape=(H, W),
+            gt_extrinsics=None if gt is None else _as_44(gt),
+        )
 
 
 def _assert_parity(ours: Gaussians, theirs, atol=1e-5, rtol=1e-4):
@@ -184,4 +189,3 @@ def test_gradients_and_container():
     assert dbl.means.dtype == torch.float64 and dbl.sh.shape == (1, 40, 9, 3) and dbl.sh_degree == 2
     with pytest.raises(ValueError):
         raw_to_gaussians(raw[..., :-1], opacity, depth, w2c, K)
-

@@ -19,7 +19,12 @@ def room():
     sc = render_scene(SyntheticConfig(frames=24, height=112, width=196, antialias=False), seed=3)
     pick = [0, 7, 15, 23]
     images = torch.from_numpy(sc.images[pick]).permute(0, 3, 1, 2).float() / 255
-    return torch.from_numpy(sc.depth[pick]), images, torch.from_numpy(sc.w2c[pick]).float(), torch.from_numpy(sc.K[pick]).float()
+    return (
+        torch.from_numpy(sc.depth[pick]),
+        images,
+        torch.from_numpy(sc.w2c[pick]).float(),
+        torch.from_numpy(sc.K[pick]).float(),
+    )
 
 
 def blocky_noise(depth, sigma=0.3, seed=0):
@@ -31,7 +36,7 @@ def blocky_noise(depth, sigma=0.3, seed=0):
 
 def tiny_model(**options):
     from da3_splat.model import DA3, DA3Config
-    from da3_splat.train.config import CONFIG_DIR
+    from da3_splat.runtime import CONFIG_DIR
 
     torch.manual_seed(0)
     model = DA3(DA3Config.from_dict(json.loads((CONFIG_DIR / "arch" / "da3-tiny.json").read_text()))).eval()
@@ -118,14 +123,15 @@ def test_baseline_scale_and_calibration_steps():
     scaled[:, :3, 3] *= 0.25
     assert float(baseline_scale(scaled, w2c)) == pytest.approx(4.0)
     assert float(baseline_scale(torch.eye(4).repeat(3, 1, 1), w2c)) == 1.0  # coincident predictions: no factor
-    cfg = DA3Config("x")
+    cfg = DA3Config(model_name="x")
     assert cfg.depth_calibration_steps == ()
     assert replace(cfg, posed_depth_calibration=True).depth_calibration_steps == ("photometric",)
     assert replace(cfg, posed_depth_calibration="cameras+photometric").depth_calibration_steps == (
-        "cameras", "photometric",
-    )  # fmt: skip
+        "cameras",
+        "photometric",
+    )
     with pytest.raises(ValueError, match="unknown"):
-        replace(cfg, posed_depth_calibration="camera").depth_calibration_steps
+        _ = replace(cfg, posed_depth_calibration="camera").depth_calibration_steps
 
 
 def test_nearest_views_skip_the_view_itself():
@@ -184,7 +190,7 @@ def test_plane_sweep_head_starts_from_the_swept_depth(room):
         out = model(x, *cams, infer_gs=True, gs_cameras=cams, return_rays=False)
     sweep = plane_sweep(out["depth"][0], images, w2c, K)
     torch.testing.assert_close(out["swept_depth"][0], out["depth"][0] * sweep["log_factor"].exp())
-    from da3_splat.train.nvs import gaussian_depth_in_context
+    from da3_splat.nvs import gaussian_depth_in_context
 
     z = gaussian_depth_in_context(out["gaussians"], w2c[None], depth.shape)
     torch.testing.assert_close(z, out["swept_depth"], rtol=1e-4, atol=1e-4)

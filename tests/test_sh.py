@@ -1,6 +1,5 @@
 """Real SH basis and rotation (da3_splat.sh), checked against the definition and the official e3nn path."""
 
-
 import pytest
 import torch
 

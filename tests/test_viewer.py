@@ -18,7 +18,8 @@ from da3_splat.build import gaussians_from_prediction
 from da3_splat.data.synthetic import SyntheticConfig, render_scene
 from da3_splat.data.transforms import write_transforms
 from da3_splat.errors import InputError
-from da3_splat.export import write_png, write_prediction
+from da3_splat.export import write_prediction
+from da3_splat.files import write_png
 from da3_splat.gaussians import Gaussians
 from da3_splat.model.inference import Prediction
 from da3_splat.ply import read_ply, write_ply
@@ -45,8 +46,7 @@ def pred():
     """Exact depth and cameras of a synthetic room; confidence varies so that percentiles select."""
     scene = render_scene(SyntheticConfig(frames=S, height=H, width=W), seed=3)
     conf = (1.0 + 4.0 * np.random.default_rng(0).random(scene.depth.shape)).astype(np.float32)
-    return Prediction(scene.depth, conf, scene.images, scene.w2c[:, :3].astype(np.float32),
-                      scene.K.astype(np.float32))  # fmt: skip
+    return Prediction(scene.depth, conf, scene.images, scene.w2c[:, :3].astype(np.float32), scene.K.astype(np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,9 @@ def splat_dir(root, pred, gaussians):
     write_ply(out / "splat.ply", gaussians)
     for name, image in zip(NAMES, pred.processed_images):
         write_png(out / "images" / f"{name}.png", image)
-    write_transforms(out / "transforms.json", [f"images/{n}.png" for n in NAMES], pred.extrinsics,
-                     pred.intrinsics, [(H, W)] * S)  # fmt: skip
+    write_transforms(
+        out / "transforms.json", [f"images/{n}.png" for n in NAMES], pred.extrinsics, pred.intrinsics, [(H, W)] * S
+    )
     return out
 
 
@@ -183,8 +184,12 @@ def test_load_ply_files(splat_dir, predict_dir, gaussians, tmp_path):
 
 
 def test_load_nerfstudio_run(ns_run, root, gaussians, pred):
-    for path in (ns_run, ns_run / "config.yml", ns_run / "nerfstudio_models" / "step-000001000.ckpt",
-                 root / "ns" / "outputs"):  # fmt: skip
+    for path in (
+        ns_run,
+        ns_run / "config.yml",
+        ns_run / "nerfstudio_models" / "step-000001000.ckpt",
+        root / "ns" / "outputs",
+    ):
         scene = load_scene(path)
         # The newest checkpoint (step 1000: all Gaussians), not step 50 (100 of them).
         _assert_same_gaussians(scene.gaussians, gaussians.with_sh_degree(1))
@@ -259,8 +264,9 @@ def test_selection_from_depth_uses_confidence(predict_dir, pred):
     counts = [selector.select(SelectionParams(10**9, conf_percentile=p)).num_gaussians for p in (0.0, 50.0, 90.0)]
     assert counts[0] > counts[1] > counts[2] > 0
     # Same Gaussians as `da3-splat splat` builds from this prediction with the same settings.
-    _assert_same_gaussians(selector.select(SelectionParams(3000, conf_percentile=50.0)),
-                           gaussians_from_prediction(pred, 3000, 50.0)[0])  # fmt: skip
+    _assert_same_gaussians(
+        selector.select(SelectionParams(3000, conf_percentile=50.0)), gaussians_from_prediction(pred, 3000, 50.0)[0]
+    )
 
 
 def test_save_never_overwrites(tmp_path, gaussians):

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 
 from da3_splat.errors import InputError
-from da3_splat.export import write_png
+from da3_splat.files import write_png
 from da3_splat.ply import read_ply
 from da3_splat.viewer import ViewConfig
 from da3_splat.viewer.scene import load_scene
-from tests.test_viewer import NAMES, _assert_same_gaussians
-from tests.test_viewer import gaussians, ns_run, pred, root, splat_dir  # noqa: F401,F811 -- module fixtures
+from tests.test_viewer import NAMES, _assert_same_gaussians, gaussians, ns_run, pred, root, splat_dir  # noqa: F401,F811 -- module fixtures
 
 # --------------------------------------------------------------------------------------------------
 # The viser server (no browser)
@@ -88,9 +87,13 @@ def test_cli_serves_until_ctrl_c(ns_run):
 
     port = _free_port()
     # Background processes may inherit an ignored SIGINT; the viewer gets the default, as in a terminal.
-    proc = subprocess.Popen([sys.executable, "-m", "da3_splat.cli", "view", str(ns_run), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "da3_splat.cli", "view", str(ns_run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     ready = f"open http://127.0.0.1:{port} in a browser"
     try:
         # The viewer says when it is ready (scene drawn); Ctrl-C is sent after that, as a user would.
@@ -122,8 +125,9 @@ def test_live_mode_runs_da3(pred, tmp_path):
     images = tmp_path / "photos"
     for name, image in zip(NAMES[:2], pred.processed_images):
         write_png(images / f"{name}.png", image)
-    cfg = ViewConfig(images=images, model="random:da3-small", process_res=56, device="cpu", port=_free_port(),
-                     save_dir=tmp_path)  # fmt: skip
+    cfg = ViewConfig(
+        images=images, model="random:da3-small", process_res=56, device="cpu", port=_free_port(), save_dir=tmp_path
+    )
     with pytest.raises(InputError, match="unknown config"):
         LiveRunner.prepare(replace(cfg, model="random:nope"))
     runner = LiveRunner.prepare(cfg)
@@ -154,16 +158,29 @@ def _screenshot(url: str, out: Path) -> np.ndarray:
     import cv2
 
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
         # WebGL on the CPU (SwiftShader): Chromium deprecates the automatic software fallback; opt in explicitly.
-        "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-default-apps",
-        "--disable-extensions", "--no-first-run", "--mute-audio", "--hide-scrollbars",
+        "--use-angle=swiftshader",
+        "--enable-unsafe-swiftshader",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--no-first-run",
+        "--mute-audio",
+        "--hide-scrollbars",
         # Offline by construction: any host but the local server fails, so the page must draw from viser alone.
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        f"--user-data-dir={out.parent / (out.stem + '_profile')}", f"--window-size={SHOT_W},{SHOT_H}",
-        "--virtual-time-budget=3000", f"--screenshot={out}", url,
-    ]  # fmt: skip
+        f"--user-data-dir={out.parent / (out.stem + '_profile')}",
+        f"--window-size={SHOT_W},{SHOT_H}",
+        "--virtual-time-budget=3000",
+        f"--screenshot={out}",
+        url,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.is_file(), f"no screenshot (exit {res.returncode}): {res.stderr[-2000:]}"
     return cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)

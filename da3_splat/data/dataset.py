@@ -158,9 +158,13 @@ class NVSDataset(Dataset):
         S = int(counts.integers(self.num_context[0], self.num_context[1] + 1))
         T = int(counts.integers(self.num_targets[0], self.num_targets[1] + 1))
         context, targets = sample_training_views(
-            len(self.scenes[scene]), np.random.default_rng([self.seed, self.epoch, i, 2]),
-            num_context=S, window=self.window, num_targets=T, exclude_context=self.exclude_context,
-        )  # fmt: skip
+            len(self.scenes[scene]),
+            np.random.default_rng([self.seed, self.epoch, i, 2]),
+            num_context=S,
+            window=self.window,
+            num_targets=T,
+            exclude_context=self.exclude_context,
+        )
         return Views(scene, context, targets)
 
     def __getitem__(self, i: int) -> dict:

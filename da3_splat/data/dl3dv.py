@@ -165,7 +165,10 @@ def _depth_paths(root: Path, frames: list[dict], keep: list[int], downscale: int
         paths.append(folder / (file or f"{PurePosixPath(frames[i]['file_path']).stem}.npy"))
     present = sum(p.is_file() for p in paths)
     if 0 < present < len(paths):
-        warnings.warn(f"scene {name}: depth maps for only {present} of {len(paths)} frames in {folder}; ignoring depth")
+        warnings.warn(
+            f"scene {name}: depth maps for only {present} of {len(paths)} frames in {folder}; ignoring depth",
+            stacklevel=2,
+        )
     return paths if present == len(paths) else None
 
 
@@ -177,7 +180,7 @@ def _read_eval_index(root: Path, name: str) -> dict | None:
         data = json.loads(file.read_text(encoding="utf-8"))
         parse_eval_index(data, name, str(file))  # validates it
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, InputError) as e:
-        warnings.warn(f"scene {name}: ignoring {file}: {e}")
+        warnings.warn(f"scene {name}: ignoring {file}: {e}", stacklevel=2)
         return None
     return data
 
@@ -186,7 +189,7 @@ def _warn_skipped(name: str, problems: list[tuple[Path, str]], total: int) -> No
     if problems:
         shown = ", ".join(f"{p.name} ({why})" for p, why in problems[:3])
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        warnings.warn(f"scene {name}: skipped {len(problems)} of {total} frames: {shown}{more}")
+        warnings.warn(f"scene {name}: skipped {len(problems)} of {total} frames: {shown}{more}", stacklevel=2)
 
 
 def read_scene(path, downscale: int | None = None, undistort: bool = True, min_frames: int = 2) -> Scene:
@@ -232,7 +235,9 @@ def read_scene(path, downscale: int | None = None, undistort: bool = True, min_f
     H, W = size
     scale = np.stack([W / json_sizes[keep, 1], H / json_sizes[keep, 0]], axis=1)  # (N, 2): x, y
     if np.any(np.abs(scale[:, 0] - scale[:, 1]) > 0.01 * scale.max(1)):
-        warnings.warn(f"scene {name}: images are {W}x{H} but transforms.json's w x h has another aspect ratio")
+        warnings.warn(
+            f"scene {name}: images are {W}x{H} but transforms.json's w x h has another aspect ratio", stacklevel=2
+        )
     K = K_json[keep].copy()
     K[:, 0] *= scale[:, :1]
     K[:, 1] *= scale[:, 1:]
@@ -246,10 +251,20 @@ def read_scene(path, downscale: int | None = None, undistort: bool = True, min_f
         raw_K, K = K, np.stack([_undistorted_intrinsics(Ki, di, H, W) for Ki, di in zip(K, dist)])
 
     return Scene(
-        name=name, root=root, image_paths=image_paths, w2c=w2c[keep], intrinsics=K, height=H, width=W,
-        depth_paths=_depth_paths(root, frames, keep, k, name), eval_index=_read_eval_index(root, name),
-        downscale=k, frame_ids=keep, raw_intrinsics=raw_K, distortion=dist if raw_K is not None else None,
-    )  # fmt: skip
+        name=name,
+        root=root,
+        image_paths=image_paths,
+        w2c=w2c[keep],
+        intrinsics=K,
+        height=H,
+        width=W,
+        depth_paths=_depth_paths(root, frames, keep, k, name),
+        eval_index=_read_eval_index(root, name),
+        downscale=k,
+        frame_ids=keep,
+        raw_intrinsics=raw_K,
+        distortion=dist if raw_K is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,8 +343,10 @@ def load_views(scene: Scene, indices, size: tuple[int, int] | None = None) -> di
     for i in indices:
         image = _read_image(scene.image_paths[i])
         if image.shape[:2] != (scene.height, scene.width):
-            raise InputError(f"{scene.image_paths[i]} is {image.shape[1]}x{image.shape[0]}, not "
-                             f"{scene.width}x{scene.height} like when the scene was read")  # fmt: skip
+            raise InputError(
+                f"{scene.image_paths[i]} is {image.shape[1]}x{image.shape[0]}, not "
+                f"{scene.width}x{scene.height} like when the scene was read"
+            )
         depth = _read_depth(scene.depth_paths[i], scene.height, scene.width) if scene.depth_paths else None
         if scene.distortion is not None and scene.distortion[i].any():
             undo = (scene.raw_intrinsics[i], scene.distortion[i], scene.intrinsics[i])

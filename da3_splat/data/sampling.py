@@ -198,7 +198,7 @@ def make_eval_index(scene, num_context: int | Sequence[int], target_every: int =
 
 def write_eval_index(path, scenes: dict[str, dict]) -> Path:
     """Write many scenes' index objects (name -> :func:`make_eval_index` result) as one file, atomically."""
-    from da3_splat.export import write_json  # cv2, only when writing
+    from da3_splat.files import write_json
 
     entries = {name: {k: v for k, v in entry.items() if k != "scene"} for name, entry in sorted(scenes.items())}
     for name, entry in entries.items():

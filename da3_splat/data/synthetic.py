@@ -17,31 +17,27 @@ with numpy, a whole frame at a time, and written in the DL3DV / nerfstudio layou
 Pixel convention: pixel (row i, column j) is the image point (j + 0.5, i + 0.5), as in COLMAP / nerfstudio, so
 intrinsics scale exactly with the image size (``depth_to_world_points(..., offset=0.5)`` unprojects a depth map).
 
-    python -m da3_splat.data.synthetic OUT --scenes 50 --workers 2
+    da3-splat make-synthetic OUT --scenes 50 --workers 2
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-import tyro
 
 from da3_splat.data._synth_layout import TRAJECTORIES, look_at_w2c, sample_scene
 from da3_splat.data._synth_raycast import SceneGeometry, screen_windows, shade, trace
 from da3_splat.data._synth_textures import noise_table
 from da3_splat.data.sampling import eval_views_for_cameras
-from da3_splat.errors import InputError
+from da3_splat.files import write_json
 
 CONTEXT_SIZES = (2, 4, 8, 12)
 TARGET_STRIDE = 8
@@ -221,9 +217,9 @@ def write_dl3dv_scene(scene: SyntheticScene, out_dir: str | Path, downscale: int
                 "depth_file_path": f"depths/{stem}.npy",
             }
         )
-    _write_json(out / "transforms.json", {"camera_model": "PINHOLE", "frames": frames})
-    _write_json(out / "eval_index.json", eval_index(scene.w2c, name or out.name))
-    _write_json(
+    write_json(out / "transforms.json", {"camera_model": "PINHOLE", "frames": frames}, indent=1)
+    write_json(out / "eval_index.json", eval_index(scene.w2c, name or out.name), indent=1)
+    write_json(
         out / "scene.json",
         {
             "generator": "da3_splat.data.synthetic",
@@ -231,12 +227,9 @@ def write_dl3dv_scene(scene: SyntheticScene, out_dir: str | Path, downscale: int
             "depth": "planar z-depth in metres",
             **scene.info,
         },
+        indent=1,
     )
     return out
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,49 +324,3 @@ def make_synthetic(
                 fut.cancel()
             raise
     return done
-
-
-@dataclass
-class MakeSyntheticCommand:
-    """Synthetic DL3DV-style scenes (textured rooms with exact depth), for training, evaluation and demos.
-
-    Writes OUT/scene_0000/{transforms.json, images_4/, depths_4/, eval_index.json, scene.json}, ..."""
-
-    out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
-    """Output folder (created); existing scene folders are kept unless --overwrite."""
-    scenes: int = 1
-    """Number of scenes."""
-    frames: int = 60
-    """Frames per scene."""
-    height: int = 270
-    """Rendered height (the files state intrinsics at 4x this, like DL3DV)."""
-    width: int = 480
-    """Rendered width."""
-    seed: int = 0
-    """Seed: the same seed gives the same bytes, whatever the number of workers."""
-    workers: int | None = None
-    """Processes (default: all cores)."""
-    overwrite: bool = False
-    """Replace existing scene folders of the same names."""
-
-
-def run_make_synthetic(cmd: MakeSyntheticCommand) -> list[Path]:
-    if cmd.scenes < 1:
-        raise InputError("--scenes must be at least 1")
-    try:
-        cfg = SyntheticConfig(frames=cmd.frames, height=cmd.height, width=cmd.width, seed=cmd.seed)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    start = time.perf_counter()
-    paths = make_synthetic(
-        cmd.out, cmd.scenes, cfg, workers=cmd.workers, overwrite=cmd.overwrite,
-        progress=lambda path: print(f"wrote {path}", flush=True),
-    )  # fmt: skip
-    print(f"{len(paths)} scene(s) in {time.perf_counter() - start:.1f} s -> {cmd.out}")
-    return paths
-
-
-if __name__ == "__main__":
-    from da3_splat.cli import main
-
-    main(["make-synthetic", *__import__("sys").argv[1:]])

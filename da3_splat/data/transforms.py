@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from da3_splat.errors import InputError
-from da3_splat.export import atomic_write
+from da3_splat.files import atomic_write
 from da3_splat.geometry import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
 
 TRANSFORMS_FILE = "transforms.json"
@@ -50,9 +50,13 @@ def write_transforms(path, image_paths_rel, w2c, K, sizes, ply_file_path: str | 
     frames, intrinsics = [], []
     for i in range(S):
         intr = {
-            "fl_x": float(K[i, 0, 0]), "fl_y": float(K[i, 1, 1]), "cx": float(K[i, 0, 2]), "cy": float(K[i, 1, 2]),
-            "w": int(sizes[i][1]), "h": int(sizes[i][0]),
-        }  # fmt: skip
+            "fl_x": float(K[i, 0, 0]),
+            "fl_y": float(K[i, 1, 1]),
+            "cx": float(K[i, 0, 2]),
+            "cy": float(K[i, 1, 2]),
+            "w": int(sizes[i][1]),
+            "h": int(sizes[i][0]),
+        }
         intrinsics.append(intr)
         frames.append({"file_path": paths[i], "transform_matrix": c2w_gl[i].tolist(), **intr})
 
@@ -92,18 +96,60 @@ def _safe_relative(file_path, where: str) -> str:
     return norm
 
 
+# Bounds on what a camera can plausibly be. Far beyond any photographed scene, and they keep every later step
+# finite: the model, the renderer and the exported files work in float32 (about 7 significant digits), where a
+# camera 1e6 units from the origin already has a position resolution of about 0.06 units, and values like 1e200
+# overflow to inf (then NaN) the moment they are squared, inverted or cast down.
+MAX_TRANSLATION = 1e6  # |each camera-centre coordinate|, in the file's units (metres for real captures: 1000 km)
+MAX_IMAGE_SIDE = 1_000_000  # pixels; no camera image is a million pixels on a side
+# Focal length in pixels, relative to the longer image side. Deliberately loose (1e-4 is a field of view of
+# about 180 degrees, 1e6 of about 6e-5 degrees): it refuses only what float32 arithmetic cannot carry, since
+# cameras predicted by a poorly trained model, written back by `da3-splat predict`, must still read.
+FOCAL_RANGE = (1e-4, 1e6)
+# Principal point: within 10 image widths/heights of the image (off-centre crops can put it outside the image).
+MAX_PRINCIPAL_OFFSET = 10.0
+ROTATION_TOL = 1e-3  # |R^T R - I| entries, and the bottom row's distance from [0, 0, 0, 1]
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _matrix(value, where: str) -> np.ndarray:
+    rows = value if isinstance(value, list) and all(isinstance(r, list) for r in value) else None
+    if rows is None or not all(_is_number(x) for r in rows for x in r):
+        raise InputError(f"{where}: transform_matrix is not a numeric matrix (a list of rows of numbers)")
     try:
-        m = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: transform_matrix is not a numeric matrix") from None
+        m = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):  # ragged rows
+        raise InputError(f"{where}: transform_matrix is not a numeric matrix (rows of different lengths)") from None
     if m.shape == (3, 4):
         m = np.vstack([m, [0.0, 0.0, 0.0, 1.0]])
-    if m.shape != (4, 4) or not np.isfinite(m).all():
-        raise InputError(f"{where}: transform_matrix must be a finite 4x4 matrix, got shape {m.shape}")
+    if m.shape != (4, 4):
+        raise InputError(f"{where}: transform_matrix must be a 4x4 (or 3x4) matrix, got shape {m.shape}")
+    bad = np.argwhere(~np.isfinite(m))
+    if len(bad):
+        r, c = (int(i) for i in bad[0])
+        raise InputError(f"{where}: transform_matrix has a non-finite value ({m[r, c]} at row {r}, col {c})")
     R = m[:3, :3]
-    if not np.allclose(R.T @ R, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
-        raise InputError(f"{where}: transform_matrix is not a rigid camera-to-world transform (rotation part)")
+    # Entries of a rotation are within [-1, 1]; checking that first also keeps R^T R from overflowing.
+    if (
+        np.abs(R).max() > 1 + ROTATION_TOL
+        or not np.allclose(R.T @ R, np.eye(3), atol=ROTATION_TOL)
+        or (np.linalg.det(R) < 0)
+    ):
+        raise InputError(
+            f"{where}: transform_matrix is not a rigid camera-to-world transform (its rotation part, rows 0-2 x "
+            f"cols 0-2, is not orthonormal with determinant +1 within {ROTATION_TOL:g})"
+        )
+    if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=ROTATION_TOL):
+        raise InputError(f"{where}: transform_matrix bottom row must be [0, 0, 0, 1], got {m[3].tolist()}")
+    r = int(np.argmax(np.abs(m[:3, 3])))
+    if abs(m[r, 3]) > MAX_TRANSLATION:
+        raise InputError(
+            f"{where}: transform_matrix[{r}][3] = {m[r, 3]:g} is out of range (camera positions must be within "
+            f"{MAX_TRANSLATION:g} of the origin; rescale the scene)"
+        )
     return m
 
 
@@ -117,10 +163,24 @@ def _intrinsics(frame: dict, meta: dict, where: str) -> tuple[np.ndarray, tuple[
                 f"{where}: no '{key}' (nerfstudio transforms need fl_x, fl_y, cx, cy, w, h at the top level "
                 "or per frame)"
             )
-        vals[key] = _number(src[key], f"{where}: '{key}'")
+        vals[key] = _number(src[key], f"{where}: '{key}'" + (" (top level)" if src is meta else ""))
+
+    def refuse(key: str, rule: str):
+        level = " (top level)" if key in meta else ""
+        raise InputError(f"{where}: '{key}'{level} = {vals[key]:g} is out of range: invalid intrinsics ({rule})")
+
+    for key in ("w", "h"):
+        if not 1 <= vals[key] <= MAX_IMAGE_SIDE or vals[key] != int(vals[key]):
+            refuse(key, f"image sizes must be whole numbers of pixels from 1 to {MAX_IMAGE_SIDE}")
     w, h = vals["w"], vals["h"]
-    if w < 1 or h < 1 or w != int(w) or h != int(h) or vals["fl_x"] <= 0 or vals["fl_y"] <= 0:
-        raise InputError(f"{where}: invalid intrinsics (w, h must be positive integers and focal lengths positive)")
+    lo, hi = FOCAL_RANGE[0] * max(w, h), FOCAL_RANGE[1] * max(w, h)
+    for key in ("fl_x", "fl_y"):
+        if not lo <= vals[key] <= hi:
+            refuse(key, f"focal lengths of a {w:g}x{h:g} pinhole camera must be from {lo:g} to {hi:g} pixels")
+    for key, size in (("cx", w), ("cy", h)):
+        if abs(vals[key] - size / 2) > MAX_PRINCIPAL_OFFSET * size:
+            rule = f"the principal point must be within {MAX_PRINCIPAL_OFFSET:g} image sizes of the {w:g}x{h:g} image"
+            refuse(key, rule)
     K = np.array([[vals["fl_x"], 0.0, vals["cx"]], [0.0, vals["fl_y"], vals["cy"]], [0.0, 0.0, 1.0]])
     return K, (int(h), int(w))
 
@@ -166,6 +226,7 @@ def read_transforms(path):
         paths.append(_safe_relative(frame["file_path"], where))
         if "transform_matrix" not in frame:
             raise InputError(f"{where} ({frame['file_path']}) has no 'transform_matrix'")
+        where = f"{where} ({frame['file_path']})"
         c2ws.append(_matrix(frame["transform_matrix"], where))
         K, size = _intrinsics(frame, meta, where)
         Ks.append(K)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from da3_splat.photometric import SWEEP_CHANNELS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ViTConfig:
     dim: int = 384
     depth: int = 12
@@ -29,7 +29,7 @@ class ViTConfig:
     rope_base: float = 100.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DPTConfig:
     kind: str = "dual"  # "dual" (depth + rays), "mono" (depth [+ sky]), "gs" (38 Gaussian channels)
     features: int = 64
@@ -40,7 +40,7 @@ class DPTConfig:
     extra_inputs: int = 0  # GS head: channels given beside the RGB image (da3-splat's plane-sweep features)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DA3Config:
     model_name: str
     vit: ViTConfig = field(default_factory=ViTConfig)
@@ -103,7 +103,7 @@ class DA3Config:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "DA3Config":
+    def from_dict(d: dict) -> DA3Config:
         d = dict(d)
         vit = ViTConfig(**_tuples(d.pop("vit", {}), ViTConfig))
         head = DPTConfig(**_tuples(d.pop("head", {}), DPTConfig))
@@ -121,8 +121,17 @@ def _tuples(d: dict, cls) -> dict:
 def _anyview(name, dim, depth, heads, ffn, hidden, out_layers, alt_start, features, oc, gs=None):
     return DA3Config(
         model_name=name,
-        vit=ViTConfig(dim, depth, heads, ffn, hidden, tuple(out_layers), alt_start, True),
-        head=DPTConfig("dual", features, tuple(oc), 2, False, True),
+        vit=ViTConfig(
+            dim=dim,
+            depth=depth,
+            num_heads=heads,
+            ffn=ffn,
+            ffn_hidden=hidden,
+            out_layers=tuple(out_layers),
+            alt_start=alt_start,
+            cat_token=True,
+        ),
+        head=DPTConfig(kind="dual", features=features, out_channels=tuple(oc), output_dim=2, sky=False, pos_embed=True),
         gs_head=gs,
     )
 
@@ -134,16 +143,34 @@ CONFIGS: dict[str, DA3Config] = {
     "da3-base": _anyview("da3-base", 768, 12, 12, "mlp", 3072, (5, 7, 9, 11), 4, 128, (96, 192, 384, 768)),
     "da3-large": _anyview("da3-large", 1024, 24, 16, "mlp", 4096, (11, 15, 19, 23), 8, 256, _LARGE_OC),
     "da3-giant": _anyview(
-        "da3-giant", 1536, 40, 24, "swiglu", 4096, (19, 27, 33, 39), 13, 256, _LARGE_OC,
-        gs=DPTConfig("gs", 256, _LARGE_OC, 38, False, True),
+        "da3-giant",
+        1536,
+        40,
+        24,
+        "swiglu",
+        4096,
+        (19, 27, 33, 39),
+        13,
+        256,
+        _LARGE_OC,
+        gs=DPTConfig(kind="gs", features=256, out_channels=_LARGE_OC, output_dim=38, sky=False, pos_embed=True),
     ),
     "da3metric-large": DA3Config(
         model_name="da3metric-large",
-        vit=ViTConfig(1024, 24, 16, "mlp", 4096, (4, 11, 17, 23), -1, False),
-        head=DPTConfig("mono", 256, _LARGE_OC, 1, True, False),
+        vit=ViTConfig(
+            dim=1024,
+            depth=24,
+            num_heads=16,
+            ffn="mlp",
+            ffn_hidden=4096,
+            out_layers=(4, 11, 17, 23),
+            alt_start=-1,
+            cat_token=False,
+        ),
+        head=DPTConfig(kind="mono", features=256, out_channels=_LARGE_OC, output_dim=1, sky=True, pos_embed=False),
         camera=False,
     ),
-}  # fmt: skip
+}
 CONFIGS["da3mono-large"] = replace(CONFIGS["da3metric-large"], model_name="da3mono-large")
 CONFIGS["da3nested-giant-large"] = DA3Config(
     model_name="da3nested-giant-large", nested_anyview="da3-giant", nested_metric="da3metric-large"
@@ -177,12 +204,26 @@ def with_nvs_head(
     ratio = f / config.head.features
     oc = tuple(max(8, int(round(c * ratio))) for c in config.head.out_channels)
     extra = SWEEP_CHANNELS if plane_sweep else 0
-    head = DPTConfig("gs", f, oc, gs_head_channels(sh_degree), False, True, extra)
+    head = DPTConfig(
+        kind="gs",
+        features=f,
+        out_channels=oc,
+        output_dim=gs_head_channels(sh_degree),
+        sky=False,
+        pos_embed=True,
+        extra_inputs=extra,
+    )
     return replace(
-        config, gs_head=head, gs_sh_degree=sh_degree, gs_planar_depth=True, gs_scale_max=NVS_SCALE_MAX,
-        gs_log_depth_offset=True, gs_rgb_shortcut=rgb_shortcut, gs_plane_sweep=plane_sweep,
+        config,
+        gs_head=head,
+        gs_sh_degree=sh_degree,
+        gs_planar_depth=True,
+        gs_scale_max=NVS_SCALE_MAX,
+        gs_log_depth_offset=True,
+        gs_rgb_shortcut=rgb_shortcut,
+        gs_plane_sweep=plane_sweep,
         model_name=model_name or config.model_name,
-    )  # fmt: skip
+    )
 
 
 def register_config(config: DA3Config) -> None:

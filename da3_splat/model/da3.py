@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from da3_splat.model.camera import CameraDecoder, CameraEncoder
 from da3_splat.model.config import DA3Config, get_config
 from da3_splat.model.dpt import DPTHead
+from da3_splat.model.output import DA3Output
 from da3_splat.model.vit import DinoViT
 
 SKY_THRESHOLD = 0.3  # metric sky head: values below are non-sky
@@ -49,12 +50,12 @@ class DA3(nn.Module):
 
     # -- construction / weights (implemented in weights.py, exposed here as the public API) ---------------
     @classmethod
-    def from_config(cls, name: str | DA3Config, **kw) -> "DA3":
+    def from_config(cls, name: str | DA3Config, **kw) -> DA3:
         """A randomly initialised model of an official (or registered) configuration."""
         return cls(get_config(name) if isinstance(name, str) else name, **kw).eval()
 
     @classmethod
-    def from_pretrained(cls, src: str, **kw) -> "DA3":
+    def from_pretrained(cls, src: str, **kw) -> DA3:
         """Load weights from a Hugging Face repo id, a folder with config.json + model.safetensors, or a
         .safetensors file (safetensors only; keys checked strictly)."""
         from da3_splat.model.weights import load_pretrained
@@ -73,7 +74,7 @@ class DA3(nn.Module):
 
     def add_nvs_head(
         self, features: int | None = None, sh_degree: int = 2, rgb_shortcut: bool = False, plane_sweep: bool = False
-    ) -> "DA3":
+    ) -> DA3:
         """Attach a freshly initialised NVS head (GS-DPT, see ``config.with_nvs_head``) in place; returns self."""
         from da3_splat.model.config import with_nvs_head
 
@@ -102,25 +103,26 @@ class DA3(nn.Module):
         x: Tensor,
         extrinsics: Tensor | None = None,
         intrinsics: Tensor | None = None,
+        *,
         ref_view_strategy: str | None = None,
         use_ray_pose: bool = False,
         infer_gs: bool = False,
         return_rays: bool = True,
         gs_cameras: tuple[Tensor, Tensor] | None = None,
-    ) -> dict[str, Tensor]:
-        """x: (B, S, 3, H, W) ImageNet-normalised, H and W multiples of 14.
+        keep_features: bool = False,
+    ) -> DA3Output:
+        """x: (B, S, 3, H, W) ImageNet-normalised, H and W multiples of 14; returns a :class:`DA3Output`.
 
         extrinsics (B, S, 3|4, 4) world-to-camera OpenCV, already normalised (``normalize_extrinsics``), and
         intrinsics (B, S, 3, 3) in pixels of ``x``: condition the backbone on known cameras.
-        Returns depth, depth_conf (B, S, H, W); ray (B, S, 8H/14, 8W/14, 6), ray_conf; extrinsics (B, S, 3, 4)
-        w2c; intrinsics (B, S, 3, 3); reference_view (B,) the view whose camera is the predicted world frame (the
-        reference selected by ``ref_view_strategy``, default ``config.ref_view_strategy``, for S >= 3 pose-free views,
-        else 0); gaussians (when ``infer_gs`` and a GS head exists); sky (metric/mono);
-        scale_factor (nested). ``return_rays=False`` skips the ray branch (about half of the head's cost)
-        unless ``use_ray_pose`` needs it; the official net computes it and then discards it.
-        ``gs_cameras`` (w2c (B, S, 3|4, 4), K (B, S, 3, 3)): place the Gaussians with these cameras instead of the
-        predicted ones (training with known poses, where depth is predicted in the given cameras' frame). With
-        ``config.posed_depth_calibration`` the depth is first rescaled to these cameras (``depth_scale``, (B,)).
+        ``ref_view_strategy`` (default ``config.ref_view_strategy``) selects the reference view for S >= 3
+        pose-free views. ``return_rays=False`` skips the ray branch (about half of the head's cost) unless
+        ``use_ray_pose`` (cameras from the rays instead of the camera decoder) needs it; the official net computes
+        it and then discards it. ``infer_gs``: the GS head's Gaussians, placed with the predicted cameras (the
+        official model's behaviour) or, given ``gs_cameras`` (w2c (B, S, 3|4, 4), K (B, S, 3, 3)), with those
+        (known poses; with ``config.posed_depth_calibration`` the depth is first rescaled to them). That code is
+        the NVS head's (:mod:`da3_splat.model.nvs_head`); it runs here so that a DDP wrapper sees the whole
+        pass. ``keep_features`` keeps the backbone features in the output.
         """
         if self.config.is_nested:
             return self._forward_nested(
@@ -141,79 +143,31 @@ class DA3(nn.Module):
         feats, order = self.backbone(x, cam_token, ref_view_strategy or self.config.ref_view_strategy)
         with _fp32(dev):
             patch = [f.float() for f, _ in feats]
-            out = self.head(patch, H, W, rays=return_rays or use_ray_pose)
+            head = self.head(patch, H, W, rays=return_rays or use_ray_pose)
             # The view whose camera is the predicted world frame (the selected reference; 0 when none was selected).
             ref = order[:, 0] if order is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-            out["reference_view"] = ref
+            out = DA3Output(reference_view=ref, **head)
             if self.config.camera:
                 if use_ray_pose:
                     from da3_splat.model.ray_pose import cameras_from_rays
 
-                    out["extrinsics"], out["intrinsics"] = cameras_from_rays(out["ray"], out["ray_conf"], H, W)
+                    out.extrinsics, out.intrinsics = cameras_from_rays(out.ray, out.ray_conf, H, W)
                 else:
-                    out["extrinsics"], out["intrinsics"] = self.cam_dec.cameras(feats[-1][1].float(), H, W)
-            if gs_cameras is not None and self.config.depth_calibration_steps:
-                self._calibrate_depth(out, x, *gs_cameras)
-            if infer_gs and self.config.gs_head is not None:
-                out["gaussians"] = self._gaussians(patch, x, out, extrinsics, gs_cameras)
-        if "sky" in out:
-            out["depth"] = self._fill_sky(out["depth"], out["sky"] < SKY_THRESHOLD, None)[0]
+                    out.extrinsics, out.intrinsics = self.cam_dec.cameras(feats[-1][1].float(), H, W)
+        out.features = patch
+        if gs_cameras is not None:
+            from da3_splat.model.nvs_head import place_with_given_cameras
+
+            place_with_given_cameras(self, out, x, *gs_cameras, gaussians=infer_gs)
+        elif infer_gs and self.config.gs_head is not None:
+            from da3_splat.model.nvs_head import predict_gaussians
+
+            out.gaussians = predict_gaussians(self, out, x, gt_extrinsics=extrinsics)
+        if not keep_features:
+            out.features = None
+        if out.sky is not None:
+            out.depth = self._fill_sky(out.depth, out.sky < SKY_THRESHOLD, None)[0]
         return out
-
-    def _calibrate_depth(self, out: dict, x: Tensor, w2c: Tensor, K: Tensor) -> None:
-        """Scale depth (and the predicted cameras' translations and ray origins with it) to the given cameras, per
-        sample, by the steps of ``config.posed_depth_calibration``."""
-        from da3_splat.geometry import baseline_scale
-        from da3_splat.model.preprocess import denormalize
-        from da3_splat.photometric import photometric_depth_scale
-
-        scale = torch.ones(x.shape[0], device=x.device)
-        for step in self.config.depth_calibration_steps:
-            if step == "cameras":
-                factor = torch.stack([baseline_scale(out["extrinsics"][b].detach(), w2c[b]) for b in range(x.shape[0])])
-            else:
-                images = denormalize(x.float()).clamp(0, 1)
-                depth = out["depth"].detach().float() * scale[:, None, None, None]
-                factor = torch.stack(
-                    [photometric_depth_scale(depth[b], images[b], w2c[b], K[b]) for b in range(x.shape[0])]
-                )
-            scale = scale * factor.to(scale)
-        scale = scale.to(out["depth"])
-        out["depth"] = out["depth"] * scale[:, None, None, None]
-        if "extrinsics" in out:
-            ext = out["extrinsics"].clone()
-            ext[..., :3, 3] = ext[..., :3, 3] * scale[:, None, None]
-            out["extrinsics"] = ext
-        if "ray" in out:
-            out["ray"] = torch.cat([out["ray"][..., :3], out["ray"][..., 3:] * scale[:, None, None, None, None]], -1)
-        out["depth_scale"] = scale
-
-    def _gaussians(self, patch, x: Tensor, out: dict, gt_extrinsics: Tensor | None, cameras=None):
-        from da3_splat.model.gs_adapter import raw_to_gaussians
-        from da3_splat.model.preprocess import denormalize
-
-        H, W = x.shape[-2:]
-        # By default the depth lives in the model's predicted camera frame, so the predicted cameras place the
-        # Gaussians even when GT cameras were given (those only fix the scale).
-        w2c, K = cameras if cameras is not None else (out["extrinsics"], out["intrinsics"])
-        head_in, depth, rgb = x.float(), out["depth"], denormalize(x.float())
-        if self.config.gs_plane_sweep:
-            from da3_splat.photometric import plane_sweep, plane_sweep_features
-
-            sweeps = [
-                plane_sweep(depth[b].detach().float(), rgb[b].clamp(0, 1), w2c[b], K[b]) for b in range(x.shape[0])
-            ]
-            log_factor = torch.stack([s["log_factor"] for s in sweeps]).to(depth)
-            head_in = torch.cat([head_in, torch.stack([plane_sweep_features(s) for s in sweeps])], dim=2)
-            depth = out["swept_depth"] = depth * log_factor.exp()
-        gs = self.gs_head(patch, H, W, images=head_in)
-        colors = rgb.permute(0, 1, 3, 4, 2) if self.config.gs_rgb_shortcut else None
-        return raw_to_gaussians(
-            gs["raw"], gs["opacity"], depth, w2c, K,
-            gt_extrinsics=None if cameras is not None else gt_extrinsics, sh_degree=self.config.gs_sh_degree,
-            planar_depth=self.config.gs_planar_depth, scale_max=self.config.gs_scale_max,
-            colors=colors, log_depth_offset=self.config.gs_log_depth_offset,
-        )  # fmt: skip
 
     @staticmethod
     def _fill_sky(depth: Tensor, non_sky: Tensor, cap: float | None, conf: Tensor | None = None):
@@ -231,26 +185,33 @@ class DA3(nn.Module):
         return depth, conf
 
     def _forward_nested(self, x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs, return_rays):
-        out = self.anyview(x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs, return_rays)
+        # The Gaussians come from the any-view pass, before the metric alignment (as in the official model).
+        out = self.anyview(
+            x,
+            extrinsics,
+            intrinsics,
+            ref_view_strategy=ref_view_strategy,
+            use_ray_pose=use_ray_pose,
+            infer_gs=infer_gs,
+            return_rays=return_rays,
+        )
         metric = self.metric(x)
         with _fp32(x.device.type):
-            K = out["intrinsics"]
+            K = out.intrinsics
             focal = (K[..., 0, 0] + K[..., 1, 1]) / 2
-            metric_depth = metric["depth"] * (focal[..., None, None] / 300.0)
-            non_sky = metric["sky"] < SKY_THRESHOLD
+            metric_depth = metric.depth * (focal[..., None, None] / 300.0)
+            non_sky = metric.sky < SKY_THRESHOLD
             if int(non_sky.sum()) <= 10:
                 raise ValueError("nested DA3: fewer than 11 non-sky pixels, cannot align to metric depth")
-            conf_ns = _subsample(out["depth_conf"][non_sky], QUANTILE_SAMPLES, use_randperm=True)
+            conf_ns = _subsample(out.depth_conf[non_sky], QUANTILE_SAMPLES, use_randperm=True)
             median_conf = torch.quantile(conf_ns, 0.5)
-            mask = (out["depth_conf"] >= median_conf) & non_sky & (metric_depth > 1e-2) & (out["depth"] > 1e-3)
-            d, m = out["depth"][mask], metric_depth[mask]
+            mask = (out.depth_conf >= median_conf) & non_sky & (metric_depth > 1e-2) & (out.depth > 1e-3)
+            d, m = out.depth[mask], metric_depth[mask]
             scale = (m * d).sum() / (d * d).sum().clamp(min=1e-12)
-            out["depth"] = out["depth"] * scale
-            ext = out["extrinsics"].clone()
+            out.depth = out.depth * scale
+            ext = out.extrinsics.clone()
             ext[..., :3, 3] = ext[..., :3, 3] * scale
-            out["extrinsics"] = ext
-            out["scale_factor"] = scale
-            out["depth"], out["depth_conf"] = self._fill_sky(
-                out["depth"], non_sky, NESTED_SKY_DEPTH_CAP, out["depth_conf"]
-            )
+            out.extrinsics = ext
+            out.scale_factor = scale
+            out.depth, out.depth_conf = self._fill_sky(out.depth, non_sky, NESTED_SKY_DEPTH_CAP, out.depth_conf)
         return out

@@ -69,8 +69,12 @@ class FusionBlock(nn.Module):
 
 
 def fusion_chain(f: int) -> dict[str, FusionBlock]:
-    return {"refinenet1": FusionBlock(f), "refinenet2": FusionBlock(f), "refinenet3": FusionBlock(f),
-            "refinenet4": FusionBlock(f, lateral=False)}  # fmt: skip
+    return {
+        "refinenet1": FusionBlock(f),
+        "refinenet2": FusionBlock(f),
+        "refinenet3": FusionBlock(f),
+        "refinenet4": FusionBlock(f, lateral=False),
+    }
 
 
 def fuse(scratch: nn.Module, layers: list[Tensor], suffix: str = "") -> Tensor:
@@ -107,10 +111,14 @@ class DPTHead(nn.Module):
         F_, oc = cfg.features, cfg.out_channels
         self.norm = nn.LayerNorm(dim_in, eps=1e-5) if cfg.kind == "dual" else nn.Identity()
         self.projects = nn.ModuleList(nn.Conv2d(dim_in, c, 1) for c in oc)
-        self.resize_layers = nn.ModuleList([
-            nn.ConvTranspose2d(oc[0], oc[0], 4, stride=4), nn.ConvTranspose2d(oc[1], oc[1], 2, stride=2),
-            nn.Identity(), nn.Conv2d(oc[3], oc[3], 3, stride=2, padding=1),
-        ])  # fmt: skip
+        self.resize_layers = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(oc[0], oc[0], 4, stride=4),
+                nn.ConvTranspose2d(oc[1], oc[1], 2, stride=2),
+                nn.Identity(),
+                nn.Conv2d(oc[3], oc[3], 3, stride=2, padding=1),
+            ]
+        )
         s = nn.Module()
         for i, c in enumerate(oc, start=1):
             setattr(s, f"layer{i}_rn", nn.Conv2d(c, F_, 3, padding=1, bias=False))
@@ -130,19 +138,23 @@ class DPTHead(nn.Module):
             # state_dict keys and file de-duplication behave exactly like the checkpoints.
             ln = ChannelsLastLayerNorm(32)
             s.output_conv2_aux = nn.ModuleList(
-                nn.Sequential(nn.Conv2d(half, 32, 3, padding=1), nn.Identity(), ln, nn.Identity(), nn.ReLU(),
-                              nn.Conv2d(32, 7, 1))
+                nn.Sequential(
+                    nn.Conv2d(half, 32, 3, padding=1), nn.Identity(), ln, nn.Identity(), nn.ReLU(), nn.Conv2d(32, 7, 1)
+                )
                 for _ in range(4)
-            )  # fmt: skip
+            )
         if cfg.sky:
             s.sky_output_conv2 = _head(F_ // 2, 1)
         self.scratch = s
         if cfg.kind == "gs":
             self.images_merger = nn.Sequential(
-                nn.Conv2d(3 + cfg.extra_inputs, 32, 3, padding=1), nn.GELU(),
-                nn.Conv2d(32, 64, 3, padding=1), nn.GELU(),
-                nn.Conv2d(64, F_ // 2, 3, padding=1), nn.GELU(),
-            )  # fmt: skip
+                nn.Conv2d(3 + cfg.extra_inputs, 32, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(32, 64, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(64, F_ // 2, 3, padding=1),
+                nn.GELU(),
+            )
 
     def forward(
         self, feats: list[Tensor], H: int, W: int, images: Tensor | None = None, rays: bool = True

@@ -98,9 +98,15 @@ def infer(
     given = (gs_given_cameras or bool(model.config.depth_calibration_steps)) and w2c_norm is not None
     with autocast_for(device):
         out = model(
-            x, w2c_norm, K_in, ref_view_strategy=ref_view_strategy, use_ray_pose=use_ray_pose,
-            infer_gs=infer_gs, return_rays=return_rays, gs_cameras=(w2c_norm, K_in) if given else None,
-        )  # fmt: skip
+            x,
+            w2c_norm,
+            K_in,
+            ref_view_strategy=ref_view_strategy,
+            use_ray_pose=use_ray_pose,
+            infer_gs=infer_gs,
+            return_rays=return_rays,
+            gs_cameras=(w2c_norm, K_in) if given else None,
+        )
 
     depth = out["depth"].float()
     extr, intr, g = out.get("extrinsics"), out.get("intrinsics"), out.get("gaussians")
@@ -123,7 +129,9 @@ def infer(
         ray=np_(out.get("ray")),
         ray_conf=np_(out.get("ray_conf")),
         sky=np_(out.get("sky")),
-        gaussians=None if g is None else Gaussians(*(t[0].float().cpu() for t in (g.means, g.quats, g.scales, g.opacities, g.sh))),
+        gaussians=None
+        if g is None
+        else Gaussians(*(t[0].float().cpu() for t in (g.means, g.quats, g.scales, g.opacities, g.sh))),
         is_metric=model.config.is_nested,
         scale_factor=float(out["scale_factor"]) if "scale_factor" in out else None,
-    )  # fmt: skip
+    )

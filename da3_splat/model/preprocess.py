@@ -28,8 +28,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
 
 
-
-
 # ----------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------
@@ -111,8 +109,7 @@ def list_images(path) -> list[Path]:
         raise InputError(f"no such file or folder: {path}")
     # Hidden files include macOS "._name.jpg" resource forks, which are not images.
     found = [
-        p for p in path.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     ]
     if not found:
         exts = " ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
@@ -200,9 +197,7 @@ def _process_one(img: np.ndarray, K: np.ndarray | None, res: int, method: str):
         nw, nh = (w // PATCH) * PATCH, (h // PATCH) * PATCH
         img, K = _centre_crop(img, K, nh, nw)
     if img.shape[0] < PATCH or img.shape[1] < PATCH:
-        raise InputError(
-            f"image of size {h}x{w} after resizing is too thin to split into {PATCH}-pixel patches"
-        )
+        raise InputError(f"image of size {h}x{w} after resizing is too thin to split into {PATCH}-pixel patches")
     return img, K
 
 

@@ -275,4 +275,3 @@ class DinoViT(nn.Module):
             inv = torch.argsort(order, dim=1)
             feats, cam = gather_views(feats, inv), gather_views(cam, inv)
         return feats, cam
-

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,7 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from da3_splat.errors import WeightsError
-from da3_splat.model.config import CONFIGS, DA3Config, get_config, register_config
+from da3_splat.files import atomic_path, write_json
+from da3_splat.model.config import CONFIGS, OFFICIAL_MODELS, DA3Config, get_config
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -34,7 +34,7 @@ _SHARED_LN = re.compile(r"^(.*head\.scratch\.output_conv2_aux\.)([0-3])(\.2\.(?:
 def official_to_ours(key: str) -> str:
     if not key.startswith("model."):
         raise WeightsError(f"unexpected key {key!r}: official DA3 keys start with 'model.'")
-    k = key[len("model."):]
+    k = key[len("model.") :]
     k = re.sub(r"^da3_metric\.", "metric.", k)
     k = re.sub(r"^da3\.", "anyview.", k)
     # Only the ViT sits under backbone.pretrained (the camera decoder has its own, unrelated `backbone`).
@@ -91,10 +91,7 @@ def _read_config(path: Path) -> DA3Config:
     # A model saved by da3-splat whose architecture differs from the named one (e.g. an official backbone with
     # a trained NVS head, or a new config) carries its full architecture.
     if isinstance(data.get("config"), dict) and name:
-        cfg = DA3Config.from_dict({**data["config"], "model_name": name})
-        if name not in _official_names():
-            register_config(cfg)
-        return cfg
+        return DA3Config.from_dict({**data["config"], "model_name": name})  # not registered: no global changes
     if name in CONFIGS:
         return get_config(name)
     raise WeightsError(f"{path}: 'model_name' is {name!r}, not one of {', '.join(sorted(CONFIGS))}")
@@ -146,12 +143,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"cannot read {path} as safetensors: {e}") from None
 
 
-def _infer_config(keys_shapes: dict[str, tuple]) -> DA3Config:
-    from da3_splat.model.da3 import DA3
-
+def _infer_config(cls, keys_shapes: dict[str, tuple]) -> DA3Config:
+    """The registered architecture whose ``cls`` model has exactly these keys and shapes."""
     for cfg in CONFIGS.values():
         with torch.device("meta"):
-            model = DA3(cfg)
+            model = cls(cfg)
         try:
             check_and_map(model, {k: torch.empty(s, device="meta") for k, s in keys_shapes.items()})
             return cfg
@@ -164,7 +160,7 @@ def load_pretrained(cls, src, *, device="cpu", dtype=torch.float32, head_chunk: 
     weights, cfg = resolve_source(src)
     file_sd = _read_safetensors(weights)
     if cfg is None:
-        cfg = _infer_config({k: tuple(v.shape) for k, v in file_sd.items()})
+        cfg = _infer_config(cls, {k: tuple(v.shape) for k, v in file_sd.items()})
     with torch.device("meta"):  # no random init: every tensor comes from the file
         model = cls(cfg, head_chunk=head_chunk)
     sd = check_and_map(model, file_sd)
@@ -192,18 +188,6 @@ def official_state_dict(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in named.items() if k in keep}
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_pretrained(model, directory, overwrite: bool = False) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -212,14 +196,9 @@ def save_pretrained(model, directory, overwrite: bool = False) -> Path:
         raise FileExistsError(f"{d} already holds a model; pass overwrite=True to replace it")
     cfg = model.config
     meta = {"model_name": cfg.model_name}
-    if cfg.model_name not in _official_names() or cfg != get_config(cfg.model_name):
+    if cfg.model_name not in OFFICIAL_MODELS or cfg != get_config(cfg.model_name):
         meta["config"] = cfg.to_dict()
-    _atomic_write(targets[0], lambda p: save_file(official_state_dict(model), p, metadata={"format": "pt"}))
-    _atomic_write(targets[1], lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    with atomic_path(targets[0]) as tmp:
+        save_file(official_state_dict(model), str(tmp), metadata={"format": "pt"})
+    write_json(targets[1], meta)
     return d
-
-
-def _official_names():
-    from da3_splat.model.config import OFFICIAL_MODELS
-
-    return OFFICIAL_MODELS

@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from da3_splat.errors import InputError
-from da3_splat.export import atomic_write
+from da3_splat.files import atomic_write
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -248,6 +248,38 @@ def save_checkpoint(
             if old != final:
                 shutil.rmtree(_move_aside(old))
     return final
+
+
+def _owned(path: Path) -> bool:
+    """Whether ``path`` (an entry of a checkpoint directory) was written by this module."""
+    name = path.name
+    return (
+        (bool(_STEP_RE.match(name)) and path.is_dir())
+        or name == LATEST_FILE
+        or (name.startswith(".") and name.endswith(TMP_SUFFIX))
+    )
+
+
+def remove_checkpoints(directory) -> None:
+    """Delete every checkpoint in ``directory``: the ``step_*`` folders, the ``latest`` marker and leftovers of
+    interrupted saves; anything else in it stays, and the directory goes too when nothing else is left. The
+    entries are first renamed into one hidden temporary folder (the whole directory when it holds nothing
+    else), so an interrupted removal leaves no half checkpoint under a real name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    entries = list(directory.iterdir())
+    if all(_owned(p) for p in entries):
+        shutil.rmtree(_move_aside(directory))
+        return
+    trash = Path(tempfile.mkdtemp(dir=directory, prefix=".removed.", suffix=TMP_SUFFIX))
+    marker = directory / LATEST_FILE
+    if marker.exists():  # first: without it no folder is taken for the latest one while the rest move
+        marker.replace(trash / LATEST_FILE)
+    for _, p in reversed(_step_dirs(directory)):  # newest first
+        p.replace(trash / p.name)
+    shutil.rmtree(trash)
+    _clean_stale_temps(directory)
 
 
 # --------------------------------------------------------------------------------------------------

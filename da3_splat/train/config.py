@@ -1,5 +1,5 @@
-"""Training configuration: typed dataclasses, named presets in ``configs/*.json``, every field overridable on the
-command line (``da3-splat train tiny-synthetic --optim.lr 3e-4``)."""
+"""Training configuration: typed dataclasses, named presets shipped in ``da3_splat/configs/*.json``, every field
+overridable on the command line (``da3-splat train tiny-synthetic --optim.lr 3e-4``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Annotated, Literal
 import tyro
 
 from da3_splat.errors import InputError
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from da3_splat.runtime import CONFIG_DIR
 
 
 @dataclass

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from da3_splat.eval import ssim
 from da3_splat.geometry import as_homogeneous, camera_centers, depth_to_world_points, points_from_rays, rigid_inverse
+from da3_splat.image_metrics import ssim
 
 DEPTH_EPS = 1e-6
 CHORDAL_EPS = 1e-2
@@ -80,7 +80,7 @@ def photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float = 0.2) -> 
     """``MSE + ssim_weight * (1 - SSIM)`` for rendered vs target images (..., 3, H, W) in [0, 1].
 
     MSE (not L1) because it is what PSNR measures; the SSIM term (11x11 Gaussian, 'valid', see
-    :func:`da3_splat.eval.ssim`) adds structure. Returns the loss and detached parts (mse, ssim).
+    :func:`da3_splat.image_metrics.ssim`) adds structure. Returns the loss and detached parts (mse, ssim).
     """
     mse = ((pred.float() - target.float()) ** 2).mean()
     s = ssim(pred, target).mean() if ssim_weight else torch.ones((), device=pred.device)

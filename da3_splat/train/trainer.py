@@ -13,7 +13,6 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +20,10 @@ import torch.distributed as dist
 
 from da3_splat.data.dl3dv import scene_list
 from da3_splat.errors import InputError
-from da3_splat.train.config import CONFIG_DIR, TrainConfig, config_to_dict
+from da3_splat.files import write_json
+from da3_splat.progress import progress_bar
+from da3_splat.runtime import load_model, resolve_device
+from da3_splat.train.config import TrainConfig, config_to_dict
 from da3_splat.train.validation import validate, validation_set
 
 TRAINABLE = {  # mode -> module name prefixes that learn
@@ -56,34 +58,16 @@ class Dist:
             dist.barrier()
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+def training_device(name: str, local_rank: int) -> torch.device:
+    """The device of this process: ``name`` resolved, and on CUDA the GPU of its local rank."""
+    if resolve_device(name) == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
 def build_model(cfg: TrainConfig, device: torch.device):
-    from da3_splat.model import DA3, DA3Config
-
-    src = cfg.model.weights
-    if src.startswith("arch:"):
-        path = Path(src[5:])
-        if not path.exists() and (CONFIG_DIR / path).exists():  # presets name files in configs/
-            path = CONFIG_DIR / path
-        try:
-            arch = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"--model.weights {src}: cannot read the architecture ({e})") from None
-        model = DA3(DA3Config.from_dict(arch))
-    elif src.startswith("random:"):
-        model = DA3.from_config(src[7:])
-    else:
-        model = DA3.from_pretrained(src)
+    model = load_model(cfg.model.weights, seed=None)
     if cfg.model.model_name:
         model.config = replace(model.config, model_name=cfg.model.model_name)
     if cfg.model.posed_depth_calibration is not None:
@@ -123,13 +107,34 @@ def param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# What a run writes into --output besides its checkpoints (checkpoints/, whose step_* folders and marker
+# checkpoint.remove_checkpoints knows): --overwrite deletes exactly these and leaves anything else there alone.
+RUN_FILES = ("model", "tensorboard", "metrics.jsonl", "config.json", "summary.json")
+
+
 def check_output(cfg: TrainConfig) -> None:
+    """Refuse to mix runs in --output: an existing run needs --resume or --overwrite; --overwrite deletes the old
+    run's checkpoints, model, logs and config (and nothing else in the folder) so nothing of it can be resumed."""
+    import shutil
+
+    from da3_splat.train.checkpoint import latest_checkpoint, remove_checkpoints
+
     out = cfg.output
+    if cfg.resume and cfg.overwrite:
+        raise InputError("pass --resume (continue the run) or --overwrite (start afresh), not both")
     has_run = (out / "checkpoints").exists() or (out / "model").exists()
     if has_run and not (cfg.resume or cfg.overwrite):
         raise InputError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start afresh")
-    if cfg.resume and not (out / "checkpoints").exists():
+    if cfg.resume and latest_checkpoint(out / "checkpoints") is None:
         raise InputError(f"--resume: no checkpoints in {out}")
+    if cfg.overwrite:
+        remove_checkpoints(out / "checkpoints")  # first: an interrupted --overwrite then leaves nothing to resume
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,11 +181,11 @@ class EpochItems(torch.utils.data.Dataset):
 
 def compute_loss(
     model, batch, cfg: TrainConfig, posed: bool, lpips_fn=None, reference: int | None = None
-) -> tuple[torch.Tensor, dict, dict]:
-    """Loss of one (per-process) batch -> (loss, scalar parts, outputs for logging). ``reference``: with
+) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """Loss of one (per-process) batch -> (loss, scalar parts, the target renders or None). ``reference``: with
     ``cfg.reference_view == "random"``, the context view that is the pose-free prediction's world frame."""
+    from da3_splat.nvs import gaussian_depth_in_context, predict, reference_first, render_views, rescaled
     from da3_splat.train import losses
-    from da3_splat.train.nvs import gaussian_depth_in_context, predict, reference_first, render_views, rescaled
 
     geometry = cfg.train in ("geometry", "geometry+nvs", "all") or cfg.train == "nvs+heads" and cfg.loss.geometry > 0
     geometry = geometry and batch.context_depth is not None and cfg.loss.geometry > 0
@@ -196,10 +201,11 @@ def compute_loss(
     out = predict(model, batch, posed=posed, geometry=geometry, nvs=nvs, ref_view_strategy=strategy)
     total = torch.zeros((), device=batch.context_images.device)
     parts: dict[str, float] = {}
+    render = None
     if nvs:
         H, W = batch.target_images.shape[-2:]
-        rgb, _ = render_views(out["gaussians"], batch.target_w2c, batch.target_K, H, W)
-        out["render"] = rgb
+        rgb, _ = render_views(out.gaussians, batch.target_w2c, batch.target_K, H, W)
+        render = rgb
         photo, p = losses.photometric_loss(rgb.flatten(0, 1), batch.target_images.flatten(0, 1), cfg.loss.ssim)
         total = total + photo
         parts.update({f"nvs/{k}": float(v) for k, v in p.items()})
@@ -208,11 +214,11 @@ def compute_loss(
             total = total + cfg.loss.lpips * lp
             parts["nvs/lpips"] = float(lp.detach())
         # The Gaussians' depth in their own views against the frozen geometry's depth and/or the GT depth.
-        refs = [("depth", cfg.loss.depth, out["depth"].detach()), ("gt_depth", cfg.loss.gt_depth, batch.context_depth)]
+        refs = [("depth", cfg.loss.depth, out.depth.detach()), ("gt_depth", cfg.loss.gt_depth, batch.context_depth)]
         refs = [(name, weight, ref) for name, weight, ref in refs if weight > 0 and ref is not None]
         if refs:
             S, H, W = batch.context_images.shape[1], *batch.context_images.shape[-2:]
-            z = gaussian_depth_in_context(out["gaussians"], batch.context_w2c, (S, H, W))
+            z = gaussian_depth_in_context(out.gaussians, batch.context_w2c, (S, H, W))
         for name, weight, ref in refs:
             d = losses.depth_consistency_loss(z, ref)
             total = total + weight * d
@@ -226,7 +232,7 @@ def compute_loss(
         total = total + cfg.loss.geometry * g
         parts.update({f"geometry/{k}": float(v) for k, v in p.items()})
     parts["loss"] = float(total.detach())
-    return total, parts, out
+    return total, parts, render
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,13 +245,13 @@ def _autocast(device: torch.device, bf16: bool):
     return nullcontext()
 
 
-def _writer(cfg: TrainConfig, console):
+def _writer(cfg: TrainConfig, console, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         console.print("[yellow]note:[/] tensorboard is not installed: no TensorBoard logs (metrics.jsonl only)")
         return None
-    return SummaryWriter(str(cfg.output / "tensorboard"))
+    return SummaryWriter(str(cfg.output / "tensorboard"), purge_step=purge_step)
 
 
 def run_train(cfg: TrainConfig, console=None) -> dict:
@@ -253,9 +259,9 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
     from rich.console import Console
 
     from da3_splat.data.dataset import NVSDataset, collate
-    from da3_splat.eval import load_lpips, lpips_status
+    from da3_splat.image_metrics import load_lpips, lpips_status
+    from da3_splat.nvs import SceneBatch
     from da3_splat.train.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-    from da3_splat.train.nvs import SceneBatch
     from da3_splat.train.schedule import warmup_cosine
 
     console = console or Console(stderr=True)
@@ -264,7 +270,7 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
     if not cfg.data.train:
         raise InputError("no training data: pass --data.train FOLDER [FOLDER ...] (or use a preset that sets it)")
     env = Dist(torch.device("cpu"))
-    device = resolve_device(cfg.device, env.local_rank)
+    device = training_device(cfg.device, env.local_rank)
     if env.world > 1 and device.type == "cuda" and not dist.is_initialized():
         env = Dist(device)
     if env.main:
@@ -276,10 +282,16 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
     per_rank, global_batch = cfg.optim.batch_size, cfg.optim.batch_size * env.world
     scenes = scene_list(cfg.data.train)
     dataset = NVSDataset(
-        scenes, size=(cfg.data.height, cfg.data.width), num_context=cfg.data.context_views,
-        num_targets=cfg.data.target_views, window=cfg.data.window, downscale=cfg.data.downscale, seed=cfg.seed,
-        batch_size=global_batch, items_per_epoch=max(global_batch, len(scenes) // global_batch * global_batch),
-    )  # fmt: skip
+        scenes,
+        size=(cfg.data.height, cfg.data.width),
+        num_context=cfg.data.context_views,
+        num_targets=cfg.data.target_views,
+        window=cfg.data.window,
+        downscale=cfg.data.downscale,
+        seed=cfg.seed,
+        batch_size=global_batch,
+        items_per_epoch=max(global_batch, len(scenes) // global_batch * global_batch),
+    )
     model = build_model(cfg, device)
     ddp_model = model
     if env.world > 1:
@@ -302,26 +314,35 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
         start_step = ckpt.step
     if env.main:
         cfg.output.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:  # --overwrite: a fresh log, not the old run's rows followed by the new ones
+        if cfg.resume:  # the rows logged after that checkpoint: the steps that follow run (and log) again
+            _truncate_metrics(cfg.output / "metrics.jsonl", start_step)
+        else:  # a fresh log, not the rows of a run that stopped before its first checkpoint followed by the new ones
             (cfg.output / "metrics.jsonl").unlink(missing_ok=True)
-        (cfg.output / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        write_json(cfg.output / "config.json", config_to_dict(cfg))
         console.print(
             f"training {cfg.train} of {model.config.model_name}: {n_train / 1e6:.2f} M trainable parameters, "
             f"{len(dataset)} samples from {len(dataset.scenes)} scenes, {env.world} process(es) on {device.type}; "
             f"LPIPS: {'used' if lpips_fn is not None else lpips_status() if cfg.loss.lpips > 0 else 'off'}",
             highlight=False,
         )
-    writer = _writer(cfg, console) if env.main else None
+        if cfg.resume:
+            console.print(f"resuming from step {start_step} ({ckpt.path})", highlight=False)
+    # On resume TensorBoard hides what the stopped run logged after its checkpoint (purge_step), as metrics.jsonl.
+    writer = _writer(cfg, console, purge_step=start_step + 1 if cfg.resume else None) if env.main else None
     val = validation_set(cfg) if env.main else None
     sampler = StepBatches(len(dataset), global_batch, env.rank, per_rank, start_step, cfg.steps)
     loader = torch.utils.data.DataLoader(
-        EpochItems(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.workers,
-        persistent_workers=False, pin_memory=False,
-    )  # fmt: skip
+        EpochItems(dataset),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.data.workers,
+        persistent_workers=False,
+        pin_memory=False,
+    )
     batches = iter(loader)
     pose_rng_seed = cfg.seed + 7919
     t0, cpu0, last = time.perf_counter(), time.process_time(), {}
-    progress = _progress(console, cfg.progress and env.main)
+    progress = progress_bar(console, cfg.progress and env.main, remaining=True, transient=False)
     task = progress.add_task("train", total=cfg.steps, completed=start_step)
     step = start_step
     with progress:
@@ -334,7 +355,7 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
             reference = int(draw.integers(batch.context_images.shape[1]))
             train_mode(model, cfg)
             with _autocast(device, cfg.bf16):
-                loss, parts, out = compute_loss(ddp_model, batch, cfg, posed, lpips_fn, reference)
+                loss, parts, render = compute_loss(ddp_model, batch, cfg, posed, lpips_fn, reference)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.clip > 0:
@@ -346,24 +367,34 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
             progress.update(task, advance=1, description=f"train loss {parts['loss']:.4f}")
             if env.main and (step % cfg.log_every == 0 or step == cfg.steps):
                 _log(cfg, writer, step, {**parts, "lr": scheduler.get_last_lr()[0], "posed": float(posed)})
-            if env.main and writer is not None and "render" in out and (step % cfg.images_every == 0):
-                _log_images(writer, step, batch, out["render"])
+            if env.main and writer is not None and render is not None and (step % cfg.images_every == 0):
+                _log_images(writer, step, batch, render)
             if env.main and val is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
                 _log(cfg, writer, step, validate(model, val, device))
             out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 > cfg.max_minutes
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
                 if env.main:
                     save_checkpoint(
-                        ckpt_dir, step, model.state_dict(), optimizer, scheduler,
-                        {"epoch": epoch, "config": config_to_dict(cfg)}, keep=cfg.keep_checkpoints,
-                    )  # fmt: skip
+                        ckpt_dir,
+                        step,
+                        model.state_dict(),
+                        optimizer,
+                        scheduler,
+                        {"epoch": epoch, "config": config_to_dict(cfg)},
+                        keep=cfg.keep_checkpoints,
+                    )
                 env.barrier()
             if out_of_time:
                 break
     # CPU seconds (this process, all threads): on a shared machine, cpu_seconds / cores is the time the run
     # would have taken with the cores to itself.
-    summary = {"steps": step, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
-               "last": last, "processes": env.world}  # fmt: skip
+    summary = {
+        "steps": step,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "last": last,
+        "processes": env.world,
+    }
     if env.main:
         model.save_pretrained(cfg.output / "model", overwrite=True)
         (cfg.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -374,12 +405,22 @@ def run_train(cfg: TrainConfig, console=None) -> dict:
     return summary
 
 
-def _progress(console, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn())  # fmt: skip
-    return Progress(*cols, console=console, transient=False, disable=not (enabled and console.is_terminal))
+def _truncate_metrics(path, step: int) -> None:
+    """Keep the rows of ``path`` (metrics.jsonl) up to ``step``, dropping later ones and any torn row left by a
+    kill; replaced atomically, so an interruption leaves the old file or the new one."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _log(cfg: TrainConfig, writer, step: int, scalars: dict) -> None:

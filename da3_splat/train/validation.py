@@ -27,7 +27,7 @@ def validate(model, data, device) -> dict:
     from da3_splat.data.dataset import collate
     from da3_splat.eval_protocol import evaluate_scene
     from da3_splat.geometry_metrics import pose_scores
-    from da3_splat.train.nvs import SceneBatch
+    from da3_splat.nvs import SceneBatch
 
     model.eval()
     sums: dict[str, list[float]] = {}
@@ -38,9 +38,11 @@ def validate(model, data, device) -> dict:
         for mode in modes:
             scores = evaluate_scene(model, batch, mode, baseline=False)["scores"]
             suffix = "" if mode == "posed" else "_pose_free"
-            for key, value in ((f"val/psnr{suffix}", scores.get("nvs-head", {}).get("psnr")),
-                               (f"val/ssim{suffix}", scores.get("nvs-head", {}).get("ssim")),
-                               (f"val/depth_abs_rel{suffix}", scores.get("depth", {}).get("abs_rel"))):  # fmt: skip
+            for key, value in (
+                (f"val/psnr{suffix}", scores.get("nvs-head", {}).get("psnr")),
+                (f"val/ssim{suffix}", scores.get("nvs-head", {}).get("ssim")),
+                (f"val/depth_abs_rel{suffix}", scores.get("depth", {}).get("abs_rel")),
+            ):
                 if value is not None:
                     sums.setdefault(key, []).append(value)
             if "pose" in scores:
@@ -49,6 +51,11 @@ def validate(model, data, device) -> dict:
     result = {k: float(np.mean(v)) for k, v in sums.items()}
     if rot:
         pose = pose_scores(rot, trans)
-        result.update({"val/rotation_median": pose.rotation_median, "val/translation_median": pose.translation_median,
-                       "val/pose_auc15": pose.auc15})  # fmt: skip
+        result.update(
+            {
+                "val/rotation_median": pose.rotation_median,
+                "val/translation_median": pose.translation_median,
+                "val/pose_auc15": pose.auc15,
+            }
+        )
     return result

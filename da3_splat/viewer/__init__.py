@@ -3,8 +3,8 @@ run live on a folder of images.
 
 Layout: :mod:`.scene` loads what PATH points at (no viser, no browser), :mod:`.selection` holds the threshold /
 reduce / save logic, :mod:`.app` draws a scene in viser and builds the GUI, :mod:`.live` runs DA3 for
-``--images``. This module only defines the command's options, so that ``da3-splat --help`` stays fast; viser is
-imported when the viewer starts (``pip install -e ".[viewer]"``).
+``--images``. This module only defines the viewer's options (``da3-splat view``, :mod:`da3_splat.commands.view`),
+so that ``da3-splat --help`` stays fast; viser is imported when the viewer starts (``pip install -e ".[viewer]"``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import tyro
 
 from da3_splat.export import DEFAULT_CONF_PERCENTILE
-from da3_splat.predict import DEFAULT_MODEL
+from da3_splat.runtime import DEFAULT_MODEL
 
 DEFAULT_PORT = 8080
 LOOPBACK = "127.0.0.1"
@@ -70,8 +70,7 @@ def check_config(cfg: ViewConfig) -> None:
         (cfg.max_gaussians >= 1, f"--max-gaussians must be at least 1, got {cfg.max_gaussians}"),
         (0.0 <= cfg.min_opacity <= 1.0, f"--min-opacity must be in [0, 1], got {cfg.min_opacity}"),
         (0 <= cfg.conf_percentile < 100, f"--conf-percentile must be in [0, 100), got {cfg.conf_percentile}"),
-        (cfg.process_res is None or cfg.process_res >= 14,
-         f"--process-res must be at least 14, got {cfg.process_res}"),
+        (cfg.process_res is None or cfg.process_res >= 14, f"--process-res must be at least 14, got {cfg.process_res}"),
         (cfg.thumbnail_size >= 8, f"--thumbnail-size must be at least 8, got {cfg.thumbnail_size}"),
     ]
     for ok, message in checks:
@@ -81,10 +80,3 @@ def check_config(cfg: ViewConfig) -> None:
         raise InputError(f"not found: {cfg.path}")
     if cfg.save_dir is not None and cfg.save_dir.exists() and not cfg.save_dir.is_dir():
         raise InputError(f"--save-dir {cfg.save_dir} is not a folder")
-
-
-def run_view(cfg: ViewConfig) -> None:
-    """Entry point of ``da3-splat view`` (serves until Ctrl-C)."""
-    from da3_splat.viewer.app import serve
-
-    serve(cfg)

@@ -162,13 +162,27 @@ class ViewerApp:
         with gui.add_folder("Gaussians"):
             self.show_splats = gui.add_checkbox("Show Gaussians", True)
             self.min_opacity = gui.add_slider("Min opacity", 0.0, 1.0, 0.01, cfg.min_opacity)
-            self.conf = gui.add_slider("Min confidence %", 0.0, 99.0, 1.0, cfg.conf_percentile, disabled=True,
-                                       hint="Percentile of DA3's depth confidence (scenes built from depth)")
+            self.conf = gui.add_slider(
+                "Min confidence %",
+                0.0,
+                99.0,
+                1.0,
+                cfg.conf_percentile,
+                disabled=True,
+                hint="Percentile of DA3's depth confidence (scenes built from depth)",
+            )
             self.budget = gui.add_number("Max Gaussians", cfg.max_gaussians, min=1, step=1000)
-            self.apply_budget = gui.add_button("Re-run with this many Gaussians",
-                                               hint="Merges neighbouring Gaussians (da3_splat.reduce) to fit")
-            self.splat_size = gui.add_slider("Splat size (display)", 0.25, 4.0, 0.25, 1.0,
-                                             hint="Enlarges Gaussians on screen only; saved PLYs keep their size")
+            self.apply_budget = gui.add_button(
+                "Re-run with this many Gaussians", hint="Merges neighbouring Gaussians (da3_splat.reduce) to fit"
+            )
+            self.splat_size = gui.add_slider(
+                "Splat size (display)",
+                0.25,
+                4.0,
+                0.25,
+                1.0,
+                hint="Enlarges Gaussians on screen only; saved PLYs keep their size",
+            )
         with gui.add_folder("Point cloud"):
             self.show_points = gui.add_checkbox("Show points", False)
             self.point_size = gui.add_slider("Point size", 0.002, 0.2, 0.002, 0.02)
@@ -192,14 +206,17 @@ class ViewerApp:
         self.save_button.on_click(lambda _: self.save())
 
     def params(self) -> SelectionParams:
-        return SelectionParams(max_gaussians=max(1, int(self.budget.value)), min_opacity=float(self.min_opacity.value),
-                               conf_percentile=float(self.conf.value))  # fmt: skip
+        return SelectionParams(
+            max_gaussians=max(1, int(self.budget.value)),
+            min_opacity=float(self.min_opacity.value),
+            conf_percentile=float(self.conf.value),
+        )
 
     def set_status(self, text: str) -> None:
         self.info.content = text
 
     def _report_error(self, exc: BaseException) -> None:
-        from da3_splat.cli import describe_error
+        from da3_splat.errors import describe_error
 
         message = describe_error(exc)
         self.save_status.content = f"**error:** {message}"
@@ -281,12 +298,14 @@ class ViewerApp:
                 return
             f = self.frame
             self._splats_handle = add_gaussian_splats(
-                self.server.scene, "/scene/gaussians", centers=f.points(g.means.numpy()),
+                self.server.scene,
+                "/scene/gaussians",
+                centers=f.points(g.means.numpy()),
                 covariances=display_covariances(g, f.scale * float(self.splat_size.value), MIN_DISPLAY_SIGMA),
                 rgbs=np.ascontiguousarray(splat_colors(g)),
                 opacities=np.ascontiguousarray(g.opacities.numpy()[:, None], dtype=np.float32),
                 visible=bool(self.show_splats.value),
-            )  # fmt: skip
+            )
 
     def _draw_points(self) -> None:
         with self._lock:
@@ -303,9 +322,13 @@ class ViewerApp:
                 idx = np.sort(np.random.default_rng(0).choice(len(pts), MAX_DISPLAY_POINTS, replace=False))
                 pts, cols = pts[idx], cols[idx]
             self._points_handle = self.server.scene.add_point_cloud(
-                "/scene/points", points=self.frame.points(pts), colors=np.ascontiguousarray(cols, dtype=np.uint8),
-                point_size=float(self.point_size.value), point_shape="circle", visible=bool(self.show_points.value),
-            )  # fmt: skip
+                "/scene/points",
+                points=self.frame.points(pts),
+                colors=np.ascontiguousarray(cols, dtype=np.uint8),
+                point_size=float(self.point_size.value),
+                point_shape="circle",
+                visible=bool(self.show_points.value),
+            )
 
     def _frustum_scale(self) -> float:
         cams = self.scene.cameras
@@ -319,16 +342,23 @@ class ViewerApp:
 
     def _draw_cameras(self) -> None:
         scene_api, cams = self.server.scene, self.scene.cameras
-        self._cameras_handle = scene_api.add_frame("/scene/cameras", show_axes=False,
-                                                   visible=bool(self.show_cameras.value))  # fmt: skip
+        self._cameras_handle = scene_api.add_frame(
+            "/scene/cameras", show_axes=False, visible=bool(self.show_cameras.value)
+        )
         self._frustums = []
         scale = self._frustum_scale()
         for i, cam in enumerate(cams):
             handle = scene_api.add_camera_frustum(
-                f"/scene/cameras/{i:04d}", fov=cam.fov_y, aspect=cam.aspect, scale=scale, color=CAMERA_COLOR,
-                image=cam.image, format="jpeg", wxyz=_wxyz(cam.c2w[:3, :3]),
+                f"/scene/cameras/{i:04d}",
+                fov=cam.fov_y,
+                aspect=cam.aspect,
+                scale=scale,
+                color=CAMERA_COLOR,
+                image=cam.image,
+                format="jpeg",
+                wxyz=_wxyz(cam.c2w[:3, :3]),
                 position=self.frame.points(cam.c2w[:3, 3]),
-            )  # fmt: skip
+            )
             handle.on_click(lambda e, cam=cam: self.jump_to(e.client, cam))
             self._frustums.append(handle)
 
@@ -417,8 +447,11 @@ def serve(cfg: ViewConfig) -> None:
             live.start()
         print(f"da3-splat view: open {app.url} in a browser (Ctrl-C to stop)", flush=True)
         if cfg.host != LOOPBACK:
-            print(f"note: listening on {cfg.host}: anyone who can reach it can view the scene and save PLYs to "
-                  f"{cfg.save_dir or (scene.save_dir if scene else 'the current folder')}", flush=True)  # fmt: skip
+            print(
+                f"note: listening on {cfg.host}: anyone who can reach it can view the scene and save PLYs to "
+                f"{cfg.save_dir or (scene.save_dir if scene else 'the current folder')}",
+                flush=True,
+            )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -23,8 +23,9 @@ from da3_splat.viewer.scene import CameraView, ViewScene, thumbnail
 MAX_LIVE_POINTS = 500_000
 
 
-def scene_from_prediction(pred, names: list[str], title: str, conf_percentile: float, longest: int,
-                          save_dir: Path) -> ViewScene:  # fmt: skip
+def scene_from_prediction(
+    pred, names: list[str], title: str, conf_percentile: float, longest: int, save_dir: Path
+) -> ViewScene:
     """A viewer scene for a DA3 prediction: cameras with the processed images, confident depth points, and the
     prediction itself (the Gaussians are built from it by the selection)."""
     import torch
@@ -36,11 +37,18 @@ def scene_from_prediction(pred, names: list[str], title: str, conf_percentile: f
         raise InputError("this model predicts no cameras, so its depth cannot be placed in 3D; use an any-view model")
     S, H, W = pred.depth.shape
     c2w = rigid_inverse(as_homogeneous(torch.from_numpy(np.asarray(pred.extrinsics, np.float64)))).numpy()
-    cams = [CameraView(names[i], c2w[i], np.asarray(pred.intrinsics[i], np.float64), (H, W),
-                       thumbnail(pred.processed_images[i], longest)) for i in range(S)]  # fmt: skip
+    cams = [
+        CameraView(
+            names[i],
+            c2w[i],
+            np.asarray(pred.intrinsics[i], np.float64),
+            (H, W),
+            thumbnail(pred.processed_images[i], longest),
+        )
+        for i in range(S)
+    ]
     points, colors = confident_world_points(pred, conf_percentile, MAX_LIVE_POINTS)
-    return ViewScene(title=title, prediction=pred, points=points, point_colors=colors, cameras=cams,
-                     save_dir=save_dir)  # fmt: skip
+    return ViewScene(title=title, prediction=pred, points=points, point_colors=colors, cameras=cams, save_dir=save_dir)
 
 
 class LiveRunner:
@@ -57,12 +65,13 @@ class LiveRunner:
         from rich.console import Console
 
         from da3_splat.model.preprocess import list_images
-        from da3_splat.predict import _status, load_model, resolve_device
+        from da3_splat.progress import status
+        from da3_splat.runtime import load_model, resolve_device
 
         list_images(cfg.images)
         device = resolve_device(cfg.device)
         console = Console(stderr=True, soft_wrap=True)
-        with _status(console, f"Loading model {cfg.model} ..."):
+        with status(console, f"Loading model {cfg.model} ..."):
             model = load_model(cfg.model, device, console)
         if not model.has_cameras:
             raise InputError(f"{model.config.model_name} predicts no cameras; the live viewer needs an any-view model")
@@ -105,7 +114,7 @@ class LiveRunner:
             self.run_button.disabled = True
             self.run(Path(str(self.folder.value)), int(self.process_res.value))
         except Exception as e:  # noqa: BLE001 -- reported in the panel and on stderr; the viewer keeps running
-            from da3_splat.cli import describe_error
+            from da3_splat.errors import describe_error
 
             self._say(f"**error:** {describe_error(e)}")
             self.app._report_error(e)
@@ -113,8 +122,8 @@ class LiveRunner:
             self.run_button.disabled = False
 
     def run(self, folder: Path, process_res: int) -> ViewScene:
+        from da3_splat.inputs import unique_names
         from da3_splat.model.preprocess import list_images, load_image
-        from da3_splat.predict import unique_names
 
         if process_res < 14:
             raise InputError(f"process res must be at least 14, got {process_res}")
@@ -129,9 +138,14 @@ class LiveRunner:
         self._say(f"Running {name} on {len(images)} view(s) ({self.device}) ...")
         pred = self.model.infer(images, process_res=process_res, infer_gs=self.model.has_gs_head)
         t_infer = time.perf_counter() - t0
-        scene = scene_from_prediction(pred, names, f"{name} on {folder} ({len(images)} views)",
-                                      self.cfg.conf_percentile, self.cfg.thumbnail_size,
-                                      self.cfg.save_dir or Path.cwd())  # fmt: skip
+        scene = scene_from_prediction(
+            pred,
+            names,
+            f"{name} on {folder} ({len(images)} views)",
+            self.cfg.conf_percentile,
+            self.cfg.thumbnail_size,
+            self.cfg.save_dir or Path.cwd(),
+        )
         self.app.hide_points_with_splats = True
         self.app.set_scene(scene, show_points=True)  # cameras and depth points now, Gaussians when built
         self.status.content = f"{len(images)} views in {t_infer:.1f} s; building Gaussians ..."

@@ -27,7 +27,9 @@ import torch
 from da3_splat.errors import InputError
 from da3_splat.gaussians import SPLATFACTO_KEYS, Gaussians
 
-SPLAT_FILE = "splat.ply"  # da3_splat.splat.SPLAT_FILE (not imported: that module pulls in the renderer)
+SPLAT_FILE = (
+    "splat.ply"  # what `da3-splat splat` writes (commands.splat.SPLAT_FILE; a library does not import a command)
+)
 POINTS_FILE = "points.ply"
 NS_CONFIG = "config.yml"
 NS_MODELS = "nerfstudio_models"
@@ -147,7 +149,9 @@ def read_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
         v = PlyData.read(str(path))["vertex"].data
         pts = np.stack([np.asarray(v[a], np.float32) for a in "xyz"], axis=1)
     except Exception as e:  # noqa: BLE001 -- plyfile raises many types for damaged or foreign files
-        raise InputError(f"{path}: not a readable point cloud PLY ({str(e).splitlines()[0] if str(e) else e!r})")
+        raise InputError(
+            f"{path}: not a readable point cloud PLY ({str(e).splitlines()[0] if str(e) else e!r})"
+        ) from None
     names = set(v.dtype.names or ())
     if {"red", "green", "blue"} <= names:
         cols = np.stack([np.asarray(v[c]) for c in ("red", "green", "blue")], axis=1)
@@ -196,7 +200,7 @@ def _prediction_from_depth(folder: Path, names: list[str], cams: list[CameraView
     from da3_splat.model.preprocess import load_image
 
     depth, conf, images, w2c, K = [], [], [], [], []
-    for name, cam in zip(names, cams):
+    for name, _cam in zip(names, cams):
         npz, png = folder / "depth" / f"{name}.npz", folder / "images" / f"{name}.png"
         if not (npz.is_file() and png.is_file()):
             return None
@@ -299,7 +303,7 @@ def gaussians_from_checkpoint(ckpt: Path) -> Gaussians:
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- pickle and zip errors of many kinds
-        raise InputError(f"{ckpt}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else e!r})")
+        raise InputError(f"{ckpt}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else e!r})") from None
     pipeline = state.get("pipeline", state) if isinstance(state, dict) else None
     params = {}
     for key, value in (pipeline or {}).items():
@@ -313,8 +317,9 @@ def gaussians_from_checkpoint(ckpt: Path) -> Gaussians:
     dc = params["features_dc"]
     if rest.shape[-2] == 0:  # splatfacto with sh_degree 0 stores logit(rgb) as features_dc, not an SH coefficient
         dc, rest = RGB2SH(torch.sigmoid(dc)), None
-    g = Gaussians.from_splatfacto_params(params["means"], params["scales"], params["quats"], dc, rest,
-                                         params["opacities"])  # fmt: skip
+    g = Gaussians.from_splatfacto_params(
+        params["means"], params["scales"], params["quats"], dc, rest, params["opacities"]
+    )
     keep = torch.isfinite(torch.cat([g.means, g.scales, g.quats, g.opacities[:, None]], 1)).all(1)
     return g[keep]
 
@@ -394,8 +399,9 @@ def load_scene(path: Path, thumbnail_size: int = 160) -> ViewScene:
             path = path.parent.parent  # outputs/.../nerfstudio_models/step-N.ckpt -> the run folder
         elif path.suffix not in (".yml", ".yaml"):
             raise InputError(f"{path}: expected a .ply, a nerfstudio config.yml or a folder")
-    if path.is_dir() and ((path / "transforms.json").is_file() or (path / SPLAT_FILE).is_file()
-                          or (path / POINTS_FILE).is_file()):  # fmt: skip
+    if path.is_dir() and (
+        (path / "transforms.json").is_file() or (path / SPLAT_FILE).is_file() or (path / POINTS_FILE).is_file()
+    ):
         return load_output_folder(path, thumbnail_size)
     config = find_ns_config(path)
     if config is None:

@@ -65,8 +65,9 @@ class Selector:
             raise InputError(f"the Gaussian budget must be at least 1, got {params.max_gaussians}")
         if self._last is not None and self._last[0] == params:
             return self._last[1]
-        g = reduce_to_budget(self.base(params.conf_percentile), max_gaussians=params.max_gaussians,
-                             min_opacity=params.min_opacity)  # fmt: skip
+        g = reduce_to_budget(
+            self.base(params.conf_percentile), max_gaussians=params.max_gaussians, min_opacity=params.min_opacity
+        )
         self._last = (params, g)
         return g
 

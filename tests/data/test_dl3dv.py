@@ -27,8 +27,13 @@ def write_scene(root: Path, n: int = 5, h: int = 60, w: int = 100, downscale: in
     w2c[:, 0, 3] = -np.arange(n, dtype=np.float64)  # centre at x = i
     K = np.array([[90.0, 0, 50.5], [0, 91.0, 29.5], [0, 0, 1]]) * [[downscale], [downscale], [1]]
     names = [f"frame_{i + 1:05d}.png" for i in range(n)]
-    write_transforms(root / "transforms.json", [f"images/{m}" for m in names], w2c, np.repeat(K[None], n, 0),
-                     [(h * downscale, w * downscale)] * n)  # fmt: skip
+    write_transforms(
+        root / "transforms.json",
+        [f"images/{m}" for m in names],
+        w2c,
+        np.repeat(K[None], n, 0),
+        [(h * downscale, w * downscale)] * n,
+    )
     if images is None:
         rows, cols = np.mgrid[0:h, 0:w]
         images = np.repeat(np.stack([cols, 2 * rows, np.full_like(cols, 7)], -1)[None], n, 0).astype(np.uint8)
@@ -159,8 +164,11 @@ def test_bad_frames_are_skipped_with_one_warning(tmp_path):
     (tmp_path / "images_4" / "frame_00002.png").unlink()
     (tmp_path / "images_4" / "frame_00004.png").write_bytes(b"not an image")
     cv2.imwrite(str(tmp_path / "images_4" / "frame_00005.png"), np.zeros((30, 50, 3), np.uint8))
-    with pytest.warns(UserWarning, match=r"skipped 3 of 6 frames: frame_00002.png \(missing\), "
-                      r"frame_00004.png \(unreadable.*frame_00005.png \(50x30, not 100x60") as record:  # fmt: skip
+    with pytest.warns(
+        UserWarning,
+        match=r"skipped 3 of 6 frames: frame_00002.png \(missing\), "
+        r"frame_00004.png \(unreadable.*frame_00005.png \(50x30, not 100x60",
+    ) as record:
         scene = read_scene(tmp_path)
     assert len(record) == 1
     assert scene.frame_ids == [0, 2, 5] and len(scene) == 3

@@ -72,8 +72,9 @@ def test_training_views_invariants(exclude):
     for seed in range(200):
         n = [20, 60, 300][seed % 3]
         rng = np.random.default_rng(seed)
-        context, targets = sample_training_views(n, rng, (2, 12), window=(16, 128), num_targets=(1, 4),
-                                                 exclude_context=exclude)  # fmt: skip
+        context, targets = sample_training_views(
+            n, rng, (2, 12), window=(16, 128), num_targets=(1, 4), exclude_context=exclude
+        )
         assert 2 <= len(context) <= 12 and 1 <= len(targets) <= 4
         assert context == sorted(set(context)) and targets == sorted(set(targets))
         assert 0 <= context[0] and context[-1] < n
@@ -82,8 +83,9 @@ def test_training_views_invariants(exclude):
         assert span <= max(128, len(context) + len(targets)) and span >= min(16, n - 1)
         if exclude:
             assert not set(context) & set(targets)
-        again = sample_training_views(n, np.random.default_rng(seed), (2, 12), window=(16, 128),
-                                      num_targets=(1, 4), exclude_context=exclude)  # fmt: skip
+        again = sample_training_views(
+            n, np.random.default_rng(seed), (2, 12), window=(16, 128), num_targets=(1, 4), exclude_context=exclude
+        )
         assert again == (context, targets)
 
 
@@ -165,8 +167,12 @@ def test_other_index_formats(tmp_path):
     (tmp_path / "ds.json").write_text(json.dumps(depthsplat))
     table = read_eval_index(tmp_path / "ds.json")
     assert table["h2"].context_views() == [0, 9, 19] and table["h1"].targets == [1, 3]
-    for bad, message in [({"targets": [0], "context_3": [1, 2]}, "holds 2"), ({"targets": [0, 0], "context_1": [1]},
-                         "repeated"), ({"targets": [0]}, "no 'context_N'"), ([1, 2], "not a JSON object")]:  # fmt: skip
+    for bad, message in [
+        ({"targets": [0], "context_3": [1, 2]}, "holds 2"),
+        ({"targets": [0, 0], "context_1": [1]}, "repeated"),
+        ({"targets": [0]}, "no 'context_N'"),
+        ([1, 2], "not a JSON object"),
+    ]:
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(InputError, match=message):
             read_eval_index(tmp_path / "bad.json")

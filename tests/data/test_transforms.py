@@ -133,3 +133,62 @@ def test_missing_file(tmp_path):
         read_transforms(tmp_path / "nope.json")
     with pytest.raises(InputError, match="not found"):
         read_transforms(tmp_path)  # a folder without transforms.json
+
+
+def _with_entry(r, c, value):
+    m = np.eye(4).tolist()
+    m[r][c] = value
+    return m
+
+
+@pytest.mark.parametrize(
+    "literal, shown, r, c",
+    [("NaN", "nan", 0, 3), ("Infinity", "inf", 2, 1), ("-Infinity", "-inf", 1, 1), ("1e400", "inf", 3, 3)],
+)
+def test_non_finite_pose_entry_is_named(tmp_path, literal, shown, r, c):
+    # json (Python's, like many writers) accepts NaN/Infinity literals, and 1e400 overflows to inf when parsed.
+    frames = [_frame(file_path="images/a.png"), _frame(file_path="images/b.png")]
+    frames[1]["transform_matrix"] = _with_entry(r, c, 12345.0)
+    text = json.dumps({**_INTR, "frames": frames}).replace("12345.0", literal)
+    path = tmp_path / "transforms.json"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        read_transforms(path)
+    msg = str(info.value)
+    assert f"frame 1 (images/b.png): transform_matrix has a non-finite value ({shown} at row {r}, col {c})" in msg
+    assert str(path) in msg and "\n" not in msg and "got shape" not in msg
+
+
+@pytest.mark.parametrize(
+    "meta, field",
+    [
+        # translations far beyond any photographed scene (and beyond what float32 downstream resolves)
+        ({**_INTR, "frames": [_frame(transform_matrix=_with_entry(0, 3, 1e200))]}, "transform_matrix[0][3]"),
+        ({**_INTR, "frames": [_frame(transform_matrix=_with_entry(2, 3, -2e6))]}, "transform_matrix[2][3]"),
+        # huge or vanishing focal lengths, principal points and sizes
+        ({**_INTR, "fl_x": 1e308, "frames": [_frame()]}, "'fl_x'"),
+        ({**_INTR, "fl_y": 1e-300, "frames": [_frame()]}, "'fl_y'"),
+        ({**_INTR, "fl_x": -5, "frames": [_frame()]}, "'fl_x'"),
+        ({**_INTR, "cx": 1e308, "frames": [_frame()]}, "'cx'"),
+        ({**_INTR, "cy": -1e9, "frames": [_frame()]}, "'cy'"),
+        ({**_INTR, "w": 1e308, "frames": [_frame()]}, "'w'"),
+        ({**_INTR, "h": 2.5, "frames": [_frame()]}, "'h'"),
+        ({"frames": [_frame(**{**_INTR, "fl_x": 1e308})]}, "'fl_x'"),  # per-frame intrinsics
+        # not a rigid transform: scaled or sheared rotation, a huge rotation entry, a projective bottom row
+        ({**_INTR, "frames": [_frame(transform_matrix=_with_entry(0, 1, 0.5))]}, "rotation"),
+        ({**_INTR, "frames": [_frame(transform_matrix=_with_entry(1, 1, 1e200))]}, "rotation"),
+        ({**_INTR, "frames": [_frame(transform_matrix=_with_entry(3, 0, 1.0))]}, "bottom row"),
+    ],
+)
+def test_out_of_range_cameras_are_refused(tmp_path, meta, field):
+    path = _write_json(tmp_path / "transforms.json", meta)
+    with pytest.raises(InputError) as info:
+        read_transforms(path)
+    msg = str(info.value)
+    assert str(path) in msg and "frame 0 (images/a.png)" in msg and field in msg and "\n" not in msg, msg
+
+
+def test_plausible_extremes_are_accepted(tmp_path):
+    # A long telephoto lens, an off-centre crop's principal point and a camera a few km from the origin are fine.
+    frames = [_frame(transform_matrix=_with_entry(0, 3, 5000.0), fl_x=50000, fl_y=50000, cx=-30, cy=300)]
+    read_transforms(_write_json(tmp_path / "t.json", {"w": 100, "h": 80, "frames": frames}))

@@ -13,7 +13,7 @@ from da3_splat.data.synthetic import SyntheticConfig, make_synthetic
 from da3_splat.eval_protocol import evaluate_scene
 from da3_splat.model import DA3
 from da3_splat.model.weights import BUNDLED_DIR
-from da3_splat.train.nvs import SceneBatch
+from da3_splat.nvs import SceneBatch
 
 NAME = "da3-tiny-synthetic"
 ROOT = Path(__file__).resolve().parents[2]

@@ -73,8 +73,13 @@ def test_bad_pose_input(small):
 def test_gaussians_transformed_is_a_similarity():
     g = torch.Generator().manual_seed(0)
     n = 50
-    gs = Gaussians(torch.randn(n, 3, generator=g), torch.randn(n, 4, generator=g), torch.rand(n, 3, generator=g),
-                   torch.rand(n, generator=g), torch.randn(n, 9, 3, generator=g))  # fmt: skip
+    gs = Gaussians(
+        torch.randn(n, 3, generator=g),
+        torch.randn(n, 4, generator=g),
+        torch.rand(n, 3, generator=g),
+        torch.rand(n, generator=g),
+        torch.randn(n, 9, 3, generator=g),
+    )
     R = quat_xyzw_to_matrix(torch.randn(4, generator=g))
     t, s = torch.randn(3, generator=g), 2.5
     out = gs.transformed(R, t, s)

@@ -3,7 +3,7 @@
 import torch
 
 from da3_splat.model import DA3
-from da3_splat.model.config import gs_head_channels, with_nvs_head, get_config
+from da3_splat.model.config import get_config, gs_head_channels, with_nvs_head
 
 
 def test_nvs_head_width_follows_backbone_and_round_trips(tmp_path):
@@ -82,5 +82,9 @@ def test_rgb_shortcut_makes_the_colour_a_residual_on_the_input_pixel():
     # a head colour moves it off the pixel's colour by exactly the residual
     raw[..., 9] = 0.4  # red DC channel (colour-major)
     g = raw_to_gaussians(raw, opacity, depth, w2c, K, sh_degree=1, colors=colors)
-    torch.testing.assert_close(SH2RGB(g.sh[..., 0, 0]) - colors.reshape(B, -1, 3)[..., 0],
-                               torch.full((B, S * H * W), 0.4 * 0.28209479177387814), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        SH2RGB(g.sh[..., 0, 0]) - colors.reshape(B, -1, 3)[..., 0],
+        torch.full((B, S * H * W), 0.4 * 0.28209479177387814),
+        atol=1e-6,
+        rtol=0,
+    )

@@ -122,8 +122,17 @@ def _rand_K(rng, w, h, dtype=np.float32):
 
 # (W, H): 4:3, 16:9 downscaled, tiny, portrait, multiples of 14, exactly 504, odd sizes, ties.
 SIZES = [
-    (640, 480), (480, 270), (20, 30), (270, 480), (420, 280), (504, 378), (504, 376), (333, 517), (700, 505),
-    (504, 287), (525, 504),  # a side at 7 mod 14 after the boundary resize: the tie goes up
+    (640, 480),
+    (480, 270),
+    (20, 30),
+    (270, 480),
+    (420, 280),
+    (504, 378),
+    (504, 376),
+    (333, 517),
+    (700, 505),
+    (504, 287),
+    (525, 504),  # a side at 7 mod 14 after the boundary resize: the tie goes up
 ]
 
 
@@ -312,7 +321,16 @@ def test_load_errors_name_the_file(tmp_path):
 # list_images / read_video_frames
 # ----------------------------------------------------------------------------------------------------
 def test_list_images(tmp_path):
-    names = ["frame_10.png", "frame_2.png", "frame_1.jpg", "Frame_3.JPG", "frame_2b.webp", "x.TIFF", "notes.txt", ".hidden.png"]
+    names = [
+        "frame_10.png",
+        "frame_2.png",
+        "frame_1.jpg",
+        "Frame_3.JPG",
+        "frame_2b.webp",
+        "x.TIFF",
+        "notes.txt",
+        ".hidden.png",
+    ]
     for n in names:
         (tmp_path / n).write_bytes(b"")
     (tmp_path / "sub.png").mkdir()

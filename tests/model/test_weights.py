@@ -22,14 +22,25 @@ def test_keys_and_shapes_match_official_dumps(name):
     ours = {W.ours_to_official(k): tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == key_dump(name)
     # Shared ray LayerNorm stored once, as in the Hub files (437 / 637 / 971 / 406 / 1377 tensors).
-    expected = {"da3-small": 437, "da3-base": 437, "da3-large": 637, "da3-giant": 971,
-                "da3metric-large": 406, "da3mono-large": 406, "da3nested-giant-large": 1377}[name]  # fmt: skip
+    expected = {
+        "da3-small": 437,
+        "da3-base": 437,
+        "da3-large": 637,
+        "da3-giant": 971,
+        "da3metric-large": 406,
+        "da3mono-large": 406,
+        "da3nested-giant-large": 1377,
+    }[name]
     assert len(W.official_key_names(model)) == expected
 
 
 def test_key_map_roundtrip_and_camera_decoder_backbone_untouched():
-    for k in ["model.backbone.pretrained.blocks.0.attn.qkv.weight", "model.cam_dec.backbone.0.weight",
-              "model.da3.backbone.pretrained.norm.bias", "model.da3_metric.head.projects.0.weight"]:  # fmt: skip
+    for k in [
+        "model.backbone.pretrained.blocks.0.attn.qkv.weight",
+        "model.cam_dec.backbone.0.weight",
+        "model.da3.backbone.pretrained.norm.bias",
+        "model.da3_metric.head.projects.0.weight",
+    ]:
         assert W.ours_to_official(W.official_to_ours(k)) == k
     assert W.official_to_ours("model.cam_dec.backbone.0.weight") == "cam_dec.backbone.0.weight"
     assert W.official_to_ours("model.da3.backbone.pretrained.norm.bias") == "anyview.backbone.norm.bias"
@@ -85,11 +96,14 @@ def test_bare_safetensors_infers_architecture(small, tmp_path):
     _same(model, loaded)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda sd: sd.pop("model.head.norm.weight"), "missing key"),
-    (lambda sd: sd.__setitem__("model.head.extra.weight", torch.zeros(1)), "unexpected key"),
-    (lambda sd: sd.__setitem__("model.cam_dec.fc_t.weight", torch.zeros(4, 768)), "shape mismatch"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda sd: sd.pop("model.head.norm.weight"), "missing key"),
+        (lambda sd: sd.__setitem__("model.head.extra.weight", torch.zeros(1)), "unexpected key"),
+        (lambda sd: sd.__setitem__("model.cam_dec.fc_t.weight", torch.zeros(4, 768)), "shape mismatch"),
+    ],
+)
 def test_strict_check_names_the_keys(small, tmp_path, edit, message):
     _, folder = small
     sd = load_file(folder / "model.safetensors")
@@ -170,8 +184,11 @@ def test_registered_config_roundtrips(tmp_path):
 
     from da3_splat.model.config import ViTConfig, get_config
 
-    cfg = replace(get_config("da3-small"), model_name="da3-test-tiny",
-                  vit=ViTConfig(dim=64, depth=4, num_heads=1, ffn_hidden=128, out_layers=(0, 1, 2, 3), alt_start=2))  # fmt: skip
+    cfg = replace(
+        get_config("da3-small"),
+        model_name="da3-test-tiny",
+        vit=ViTConfig(dim=64, depth=4, num_heads=1, ffn_hidden=128, out_layers=(0, 1, 2, 3), alt_start=2),
+    )
     model = DA3.from_config(cfg)
     model.save_pretrained(tmp_path)
     W.CONFIGS.pop("da3-test-tiny", None)

@@ -22,8 +22,9 @@ ENV = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
 def ns(command: str, *args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run a nerfstudio command (ns-train, ns-eval, ...) of this environment."""
     exe = Path(sys.executable).parent / command
-    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [str(exe), *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_error_line(res: subprocess.CompletedProcess, match: str) -> str:
@@ -64,10 +65,26 @@ def synthetic_scene(tmp_path_factory) -> Path:
     """One synthetic DL3DV-style scene (24 frames, images_4/ at 135x240, transforms.json, eval_index.json)."""
     root = tmp_path_factory.mktemp("synthetic")
     res = subprocess.run(
-        [sys.executable, "-m", "da3_splat.cli", "make-synthetic", str(root), "--scenes", "1", "--frames", "24",
-         "--height", "135", "--width", "240"],
-        capture_output=True, text=True, env=ENV, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "da3_splat.cli",
+            "make-synthetic",
+            str(root),
+            "--scenes",
+            "1",
+            "--frames",
+            "24",
+            "--height",
+            "135",
+            "--width",
+            "240",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     return root / "scene_0000"
 

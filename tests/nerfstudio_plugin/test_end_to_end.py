@@ -26,8 +26,14 @@ from tests.nerfstudio_plugin.conftest import CPU, assert_one_error_line, ns
 pytest.importorskip("nerfstudio", reason="the nerfstudio extra is not installed (make test installs it)")
 
 BUDGET = 4000
-FAST = ("--pipeline.model.process-res", "112", "--pipeline.model.max-gaussians", str(BUDGET),
-        "--pipeline.model.num-views", "8")  # fmt: skip
+FAST = (
+    "--pipeline.model.process-res",
+    "112",
+    "--pipeline.model.max-gaussians",
+    str(BUDGET),
+    "--pipeline.model.num-views",
+    "8",
+)
 
 
 def _run_dir(out: Path) -> Path:
@@ -70,9 +76,26 @@ def _check_ply(ply: Path, max_count: int, sh_degree: int):
 
 def test_synthetic_scene_train_eval_export(tmp_path, synthetic_scene, tiny_weights):
     steps = 30
-    res = ns("ns-train", "da3-splat", "--data", synthetic_scene, *CPU, "--output-dir", tmp_path / "out",
-             "--max-num-iterations", steps, "--pipeline.model.weights", tiny_weights["gs-head"], *FAST,
-             "nerfstudio-data", "--downscale-factor", "4", "--eval-mode", "interval", cwd=tmp_path)  # fmt: skip
+    res = ns(
+        "ns-train",
+        "da3-splat",
+        "--data",
+        synthetic_scene,
+        *CPU,
+        "--output-dir",
+        tmp_path / "out",
+        "--max-num-iterations",
+        steps,
+        "--pipeline.model.weights",
+        tiny_weights["gs-head"],
+        *FAST,
+        "nerfstudio-data",
+        "--downscale-factor",
+        "4",
+        "--eval-mode",
+        "interval",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     log = res.stdout + res.stderr
     assert "DA3 (gs-head) on 8 of 21 training views" in log  # 24 frames, every 8th held out
@@ -85,8 +108,15 @@ def test_synthetic_scene_train_eval_export(tmp_path, synthetic_scene, tiny_weigh
     assert metrics["method_name"] == "da3-splat"
     _check_metrics(metrics["results"])
 
-    res = ns("ns-export", "gaussian-splat", "--load-config", run / "config.yml", "--output-dir", tmp_path / "ply",
-             cwd=tmp_path)  # fmt: skip
+    res = ns(
+        "ns-export",
+        "gaussian-splat",
+        "--load-config",
+        run / "config.yml",
+        "--output-dir",
+        tmp_path / "ply",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     state = torch.load(run / "nerfstudio_models" / _checkpoints(run)[0], weights_only=True)["pipeline"]
     n_trained = len(state["_model.gauss_params.means"])
@@ -98,11 +128,30 @@ def test_synthetic_scene_train_eval_export(tmp_path, synthetic_scene, tiny_weigh
 def test_mydesk_feed_forward_only(tmp_path, mydesk_subset, tiny_weights):
     """--pipeline.model.refine-steps 0: one no-op step whatever --max-num-iterations says, then the checkpoint
     holds DA3's Gaussians untouched (no optimiser ever stepped)."""
-    res = ns("ns-train", "da3-splat", "--data", mydesk_subset, *CPU, "--output-dir", tmp_path / "out",
-             "--max-num-iterations", "50", "--pipeline.model.refine-steps", "0",
-             "--pipeline.model.weights", tiny_weights["head-free"], *FAST,
-             "--pipeline.datamanager.camera-res-scale-factor", "0.5",
-             "nerfstudio-data", "--downscale-factor", "4", "--eval-mode", "interval", cwd=tmp_path)  # fmt: skip
+    res = ns(
+        "ns-train",
+        "da3-splat",
+        "--data",
+        mydesk_subset,
+        *CPU,
+        "--output-dir",
+        tmp_path / "out",
+        "--max-num-iterations",
+        "50",
+        "--pipeline.model.refine-steps",
+        "0",
+        "--pipeline.model.weights",
+        tiny_weights["head-free"],
+        *FAST,
+        "--pipeline.datamanager.camera-res-scale-factor",
+        "0.5",
+        "nerfstudio-data",
+        "--downscale-factor",
+        "4",
+        "--eval-mode",
+        "interval",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "DA3 (head-free) on 8 of 10 training views" in res.stdout + res.stderr
     run = _run_dir(tmp_path / "out")
@@ -123,10 +172,28 @@ def test_da3_images_predicts_and_records_cameras(tmp_path, synthetic_scene, tiny
     photos.mkdir()
     for src in sorted((synthetic_scene / "images_4").glob("*.png"))[:10]:
         (photos / src.name).write_bytes(src.read_bytes())
-    res = ns("ns-train", "da3-splat", "--data", photos, *CPU, "--output-dir", tmp_path / "out",
-             "--max-num-iterations", "5", "--pipeline.model.weights", tiny_weights["head-free"], *FAST,
-             "da3-images", "--weights", tiny_weights["head-free"], "--process-res", "112", "--device", "cpu",
-             cwd=tmp_path)  # fmt: skip
+    res = ns(
+        "ns-train",
+        "da3-splat",
+        "--data",
+        photos,
+        *CPU,
+        "--output-dir",
+        tmp_path / "out",
+        "--max-num-iterations",
+        "5",
+        "--pipeline.model.weights",
+        tiny_weights["head-free"],
+        *FAST,
+        "da3-images",
+        "--weights",
+        tiny_weights["head-free"],
+        "--process-res",
+        "112",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "DA3 predicts the cameras of 10 images" in res.stdout + res.stderr
     run = _run_dir(tmp_path / "out")
@@ -149,8 +216,17 @@ def test_da3_images_predicts_and_records_cameras(tmp_path, synthetic_scene, tiny
 
 def test_bad_data_gets_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    res = ns("ns-train", "da3-splat", "--data", tmp_path / "empty", *CPU, "--output-dir", tmp_path / "out",
-             "da3-images", cwd=tmp_path)  # fmt: skip
+    res = ns(
+        "ns-train",
+        "da3-splat",
+        "--data",
+        tmp_path / "empty",
+        *CPU,
+        "--output-dir",
+        tmp_path / "out",
+        "da3-images",
+        cwd=tmp_path,
+    )
     assert_one_error_line(res, "no images")
 
     scene = tmp_path / "scene"
@@ -158,9 +234,15 @@ def test_bad_data_gets_one_line(tmp_path):
     for i in range(2):
         cv2.imwrite(str(scene / "images" / f"{i}.png"), np.zeros((20, 30, 3), np.uint8))
     frames = [{"file_path": "images/0.png"}, {"file_path": "../../secret/1.png"}]
-    meta = {"fl_x": 30, "fl_y": 30, "cx": 15, "cy": 10, "w": 30, "h": 20,
-            "frames": [{**f, "transform_matrix": np.eye(4).tolist()} for f in frames]}  # fmt: skip
+    meta = {
+        "fl_x": 30,
+        "fl_y": 30,
+        "cx": 15,
+        "cy": 10,
+        "w": 30,
+        "h": 20,
+        "frames": [{**f, "transform_matrix": np.eye(4).tolist()} for f in frames],
+    }
     (scene / "transforms.json").write_text(json.dumps(meta))
     res = ns("ns-train", "da3-splat", "--data", scene, *CPU, "--output-dir", tmp_path / "out", cwd=tmp_path)
     assert_one_error_line(res, "points outside the folder of the transforms file")
-

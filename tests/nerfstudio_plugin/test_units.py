@@ -14,8 +14,8 @@ import torch
 
 from da3_splat.gaussians import Gaussians
 from da3_splat.geometry import apply_sim3_to_w2c, camera_centers, opencv_w2c_to_opengl_c2w
-from da3_splat.render import render
-from nerfstudio_plugin.initialise import chunks, choose_views, classic_gaussians, knn_mean_distance, to_splatfacto
+from da3_splat.rendering import render
+from nerfstudio_plugin.initialise import choose_views, chunks, classic_gaussians, knn_mean_distance, to_splatfacto
 from tests.render.test_camera_path import ring
 
 pytest.importorskip("nerfstudio", reason="the nerfstudio extra is not installed (make test installs it)")
@@ -138,10 +138,16 @@ def _model(refine_steps=None, sh_degree=1):
 
     from nerfstudio_plugin.model import DA3SplatModelConfig
 
-    cfg = DA3SplatModelConfig(refine_steps=refine_steps, sh_degree=sh_degree, num_downscales=0,
-                              background_color="black")  # fmt: skip
-    return cfg.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]])), num_train_data=2,
-                     metadata={}, device="cpu", seed_points=None)  # fmt: skip
+    cfg = DA3SplatModelConfig(
+        refine_steps=refine_steps, sh_degree=sh_degree, num_downscales=0, background_color="black"
+    )
+    return cfg.setup(
+        scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]])),
+        num_train_data=2,
+        metadata={},
+        device="cpu",
+        seed_points=None,
+    )
 
 
 def _camera():
@@ -218,11 +224,10 @@ def test_classic_starts_for_comparison():
 def test_camera_file_round_trip(tmp_path):
     """save_cameras writes a transforms.json that reads back to the same cameras, for this parser and for
     nerfstudio's own nerfstudio-data parser (image paths relative to the run folder)."""
+    import cv2
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
     from nerfstudio_plugin.dataparser import DA3ImagesDataParserConfig, read_cameras
-
-    import cv2
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -299,13 +304,20 @@ def test_da3_images_bad_folders_are_one_line(tmp_path, capsys, files, match):
     ],
 )
 def test_nerfstudio_data_checks(tmp_path, frames, match):
+    from da3_splat.errors import InputError
     from nerfstudio_plugin.errors import DataError
     from nerfstudio_plugin.pipeline import check_nerfstudio_data
-    from da3_splat.errors import InputError
 
     c2w = np.eye(4).tolist()
-    meta = {"fl_x": 30, "fl_y": 30, "cx": 20, "cy": 15, "w": 40, "h": 30,
-            "frames": [{**f, "transform_matrix": c2w} for f in frames]}  # fmt: skip
+    meta = {
+        "fl_x": 30,
+        "fl_y": 30,
+        "cx": 20,
+        "cy": 15,
+        "w": 40,
+        "h": 30,
+        "frames": [{**f, "transform_matrix": c2w} for f in frames],
+    }
     (tmp_path / "transforms.json").write_text(json.dumps(meta))
     with pytest.raises((DataError, InputError), match=match):
         check_nerfstudio_data(tmp_path)
@@ -336,6 +348,7 @@ def test_bundled_model_starts_far_ahead_of_a_random_start(synthetic_scene):
 
     parser = NerfstudioDataParserConfig(data=synthetic_scene, downscale_factor=4, eval_mode="interval").setup()
     train, test = parser.get_dataparser_outputs("train"), parser.get_dataparser_outputs("test")
+
     def load(outputs):
         return [np.asarray(Image.open(f).convert("RGB")) for f in outputs.image_filenames]
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from da3_splat.gaussians import Gaussians
-from da3_splat.render import camera_path
-from da3_splat.render.camera_path import (
+from da3_splat.rendering import camera_path
+from da3_splat.rendering.camera_path import (
     find_ffmpeg,
     interpolate_cameras,
     look_at_point,
@@ -143,10 +143,12 @@ def _scene() -> Gaussians:
     n = 300
     g = torch.Generator().manual_seed(1)
     return Gaussians(
-        means=torch.randn(n, 3, generator=g) * 0.4, quats=torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
-        scales=torch.full((n, 3), 0.08), opacities=torch.full((n,), 0.9),
+        means=torch.randn(n, 3, generator=g) * 0.4,
+        quats=torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+        scales=torch.full((n, 3), 0.08),
+        opacities=torch.full((n,), 0.9),
         sh=RGB2SH(torch.rand(n, 1, 3, generator=g)),
-    )  # fmt: skip
+    )
 
 
 def test_render_path_frames_and_progress():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 
 from da3_splat.gaussians import Gaussians
-from da3_splat.render import RenderOutput, cpu, render
+from da3_splat.rendering import RenderOutput, cpu, render
 from da3_splat.sh import RGB2SH, eval_sh_basis
 
 MODES = ["RGB", "D", "ED", "RGB+D", "RGB+ED"]
@@ -18,7 +18,10 @@ W, H = 32, 24
 
 def random_gaussians(n, seed=0, dtype=torch.float32, sh_degree=3, behind=0.1):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.rand(*s, generator=g, dtype=dtype)
+
+    def r(*s):
+        return torch.rand(*s, generator=g, dtype=dtype)
+
     means = torch.cat([(r(n, 2) - 0.5) * 3, r(n, 1) * 4 + 0.5], -1)
     means[: int(behind * n), 2] *= -1  # some behind the cameras
     return Gaussians(
@@ -264,8 +267,9 @@ def test_default_strategy_runs_on_cpu():
     from gsplat.strategy import DefaultStrategy
 
     g = random_gaussians(100, seed=4, behind=0.0)
-    params = torch.nn.ParameterDict({k: torch.nn.Parameter(getattr(g, k).clone()) for k in ("means", "quats",
-                                     "scales", "opacities", "sh")})  # fmt: skip
+    params = torch.nn.ParameterDict(
+        {k: torch.nn.Parameter(getattr(g, k).clone()) for k in ("means", "quats", "scales", "opacities", "sh")}
+    )
     strategy = DefaultStrategy(absgrad=False)
     state = strategy.initialize_state()
     out = render(Gaussians(**params), *cameras(1), W, H, mode="RGB", return_info=True)
@@ -295,8 +299,15 @@ def test_nothing_visible_gives_background(case):
     g = random_gaussians(0 if case == "empty" else 30, behind=1.0)
     means = g.means.clone().requires_grad_()
     bg = torch.tensor([0.1, 0.2, 0.3])
-    out = render(Gaussians(means, g.quats, g.scales, g.opacities, g.sh), *cameras(2), W, H, background=bg,
-                 mode="RGB+ED", return_info=True)  # fmt: skip
+    out = render(
+        Gaussians(means, g.quats, g.scales, g.opacities, g.sh),
+        *cameras(2),
+        W,
+        H,
+        background=bg,
+        mode="RGB+ED",
+        return_info=True,
+    )
     assert torch.equal(out.colors, bg.expand(2, H, W, 3)) and not out.alpha.any() and not out.depth.any()
     assert out.info["radii"].shape == (2, len(means)) and not out.info["radii"].any()
     (out.colors.sum() + out.depth.sum()).backward()
@@ -342,8 +353,13 @@ def test_pixel_aligned_scene_renders_its_source_image():
     cam = (rays * depth[..., None]).reshape(-1, 3)
     means = (cam - w2c[:3, 3]) @ w2c[:3, :3]  # world = R^T (x_cam - t)
     n = len(means)
-    g = Gaussians(means, torch.tensor([1.0, 0, 0, 0]).repeat(n, 1), (0.5 * depth / f).reshape(-1, 1).repeat(1, 3),
-                  torch.full((n,), 0.99), RGB2SH(rgb.reshape(-1, 1, 3)))  # fmt: skip
+    g = Gaussians(
+        means,
+        torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+        (0.5 * depth / f).reshape(-1, 1).repeat(1, 3),
+        torch.full((n,), 0.99),
+        RGB2SH(rgb.reshape(-1, 1, 3)),
+    )
     out = render(g, w2c[None], K[None], w, h, mode="RGB+ED")
     inner = (slice(None), slice(3, -3), slice(3, -3))  # borders lack the neighbours beyond the image
     assert out.alpha[inner].min() > 0.99
@@ -368,8 +384,16 @@ def test_matches_gsplat_cuda(mode):
 
     def run(device):
         params = [t.detach().to(device).requires_grad_() for t in (g.means, g.quats, g.scales, g.opacities, g.sh)]
-        out = render(Gaussians(*params), viewmats.to(device), Ks.to(device), 64, 48, background=bg.to(device),
-                     mode=mode, return_info=True)  # fmt: skip
+        out = render(
+            Gaussians(*params),
+            viewmats.to(device),
+            Ks.to(device),
+            64,
+            48,
+            background=bg.to(device),
+            mode=mode,
+            return_info=True,
+        )
         (out.colors * weights.to(device)).sum().backward()
         return out, [p.grad.cpu() for p in params]
 

@@ -97,8 +97,11 @@ def test_file_layout_and_keys(tmp_path):
     folder = save_checkpoint(tmp_path, 123, model.state_dict(), opt, sched, {"note": "x"})
     assert folder == tmp_path / "step_000123"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "model.safetensors", "optimizer.safetensors", "state.json", "state.safetensors",
-    ]  # fmt: skip
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "state.safetensors",
+    ]
     assert (tmp_path / "latest").read_text().strip() == "step_000123"
     with safe_open(str(folder / "optimizer.safetensors"), "pt") as f:
         assert set(f.keys()) == {f"state.{i}.{n}" for i in (0, 1) for n in ("step", "exp_avg", "exp_avg_sq")}
@@ -150,6 +153,24 @@ def test_latest_falls_back_without_marker(tmp_path):
     (tmp_path / "latest").write_text("step_999999\n")  # stale marker
     assert latest_checkpoint(tmp_path) == tmp_path / "step_000012"
     assert load_checkpoint(tmp_path / "step_000007").step == 7
+
+
+def test_remove_checkpoints_deletes_only_checkpoints(tmp_path):
+    run = tmp_path / "ckpts"
+    for step in (1, 2, 3):
+        save_checkpoint(run, step, {"w": torch.zeros(1)}, keep=None)
+    (run / ".step_000004.crashed.tmp").mkdir()  # left by a crashed save
+    (run / "step_notes").mkdir()  # not a checkpoint name
+    (run / "README.md").write_text("mine")
+    ckpt_mod.remove_checkpoints(run)
+    assert sorted(p.name for p in run.iterdir()) == ["README.md", "step_notes"]
+    assert latest_checkpoint(run) is None
+    # A folder holding nothing but checkpoints goes entirely; a missing one is fine.
+    only = tmp_path / "only"
+    save_checkpoint(only, 5, {"w": torch.zeros(1)})
+    ckpt_mod.remove_checkpoints(only)
+    ckpt_mod.remove_checkpoints(only)
+    assert not only.exists() and list(tmp_path.iterdir()) == [run]
 
 
 def _no_temp_files(root):

@@ -11,8 +11,8 @@ from da3_splat.data.dataset import NVSDataset, collate
 from da3_splat.data.synthetic import SyntheticConfig, make_synthetic
 from da3_splat.eval_protocol import evaluate_scene
 from da3_splat.model import DA3, DA3Config
+from da3_splat.nvs import SceneBatch
 from da3_splat.train.config import parse_train_args
-from da3_splat.train.nvs import SceneBatch
 from da3_splat.train.trainer import run_train
 from tests.train.test_trainer import MICRO_ARCH
 
@@ -33,13 +33,50 @@ def scenes(tmp_path_factory):
 
 def args(root, out, steps: int, seed: int = 0) -> list[str]:
     return [
-        "--model.weights", f"arch:{root / 'micro.json'}", "--model.nvs-features", "16", "--model.sh-degree", "0",
-        "--data.train", str(root / "train"), "--data.height", str(SIZE[0]), "--data.width", str(SIZE[1]),
-        "--data.context-views", "2", "3", "--data.target-views", "2", "--data.window", "6", "16",
-        "--data.workers", "0", "--optim.lr", "2e-3", "--optim.warmup", "20", "--train", "geometry+nvs",
-        "--posed", "1.0", "--steps", str(steps), "--seed", str(seed), "--device", "cpu", "--no-progress",
-        "--log-every", "50", "--checkpoint-every", "100000", "-o", str(out),
-    ]  # fmt: skip
+        "--model.weights",
+        f"arch:{root / 'micro.json'}",
+        "--model.nvs-features",
+        "16",
+        "--model.sh-degree",
+        "0",
+        "--data.train",
+        str(root / "train"),
+        "--data.height",
+        str(SIZE[0]),
+        "--data.width",
+        str(SIZE[1]),
+        "--data.context-views",
+        "2",
+        "3",
+        "--data.target-views",
+        "2",
+        "--data.window",
+        "6",
+        "16",
+        "--data.workers",
+        "0",
+        "--optim.lr",
+        "2e-3",
+        "--optim.warmup",
+        "20",
+        "--train",
+        "geometry+nvs",
+        "--posed",
+        "1.0",
+        "--steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--log-every",
+        "50",
+        "--checkpoint-every",
+        "100000",
+        "-o",
+        str(out),
+    ]
 
 
 def held_out_psnr(model, root) -> float:
@@ -73,12 +110,46 @@ CAMERA_FALL = 3.0
 
 def geometry_args(root, out, steps: int) -> list[str]:
     return [
-        "--model.weights", f"arch:{root / 'micro.json'}", "--data.train", str(root / "overfit"),
-        "--data.height", str(SIZE[0]), "--data.width", str(SIZE[1]), "--data.context-views", "2", "3",
-        "--data.target-views", "1", "--data.window", "5", "5", "--data.workers", "0", "--optim.lr", "2e-3",
-        "--optim.warmup", "20", "--train", "geometry", "--posed", "0.25", "--steps", str(steps), "--seed", "0",
-        "--device", "cpu", "--no-progress", "--log-every", "50", "--checkpoint-every", "100000", "-o", str(out),
-    ]  # fmt: skip
+        "--model.weights",
+        f"arch:{root / 'micro.json'}",
+        "--data.train",
+        str(root / "overfit"),
+        "--data.height",
+        str(SIZE[0]),
+        "--data.width",
+        str(SIZE[1]),
+        "--data.context-views",
+        "2",
+        "3",
+        "--data.target-views",
+        "1",
+        "--data.window",
+        "5",
+        "5",
+        "--data.workers",
+        "0",
+        "--optim.lr",
+        "2e-3",
+        "--optim.warmup",
+        "20",
+        "--train",
+        "geometry",
+        "--posed",
+        "0.25",
+        "--steps",
+        str(steps),
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--log-every",
+        "50",
+        "--checkpoint-every",
+        "100000",
+        "-o",
+        str(out),
+    ]
 
 
 def camera_error(model, data) -> tuple[float, float]:
@@ -98,16 +169,24 @@ def test_geometry_training_learns_cameras_and_depth(scenes, tmp_path):
     cfg = SyntheticConfig(frames=6, height=48, width=84, antialias=False, shadows=False)
     make_synthetic(scenes / "overfit", 2, cfg, seed=31, workers=1)
     data = NVSDataset(
-        sorted((scenes / "overfit").iterdir()), size=SIZE, num_context=(2, 3), num_targets=1, window=(5, 5),
-        downscale=4, seed=99, items_per_epoch=12,
-    )  # fmt: skip
+        sorted((scenes / "overfit").iterdir()),
+        size=SIZE,
+        num_context=(2, 3),
+        num_targets=1,
+        window=(5, 5),
+        downscale=4,
+        seed=99,
+        items_per_epoch=12,
+    )
     torch.manual_seed(0)
     run_train(parse_train_args(geometry_args(scenes, tmp_path / "geometry", GEOMETRY_STEPS)))
     trained = DA3.from_pretrained(str(tmp_path / "geometry" / "model")).eval()
     torch.manual_seed(0)
     start = camera_error(DA3(trained.config).eval(), data)
     end = camera_error(trained, data)
-    print(f"pose-free on the training scenes, start -> end: camera error {start[0]:.1f} -> {end[0]:.1f} deg, "
-          f"depth AbsRel {start[1]:.3f} -> {end[1]:.3f}")  # fmt: skip
+    print(
+        f"pose-free on the training scenes, start -> end: camera error {start[0]:.1f} -> {end[0]:.1f} deg, "
+        f"depth AbsRel {start[1]:.3f} -> {end[1]:.3f}"
+    )
     assert end[0] * CAMERA_FALL <= start[0], (start, end)
     assert end[1] < 0.5 * start[1], (start, end)

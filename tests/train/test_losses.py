@@ -141,8 +141,11 @@ def test_geometry_losses_follow_the_reference_view():
     ref = torch.tensor([1])
     scene = normalize_scene(batch["extrinsics"], batch["depth"], batch["intrinsics"], reference=ref)
     out = _perfect_output(batch)
-    out.update(depth=scene.depth.clone(), extrinsics=scene.w2c[..., :3, :4].clone(),
-               ray=gt_rays(scene.w2c, batch["intrinsics"], H, W, h, w))  # fmt: skip
+    out.update(
+        depth=scene.depth.clone(),
+        extrinsics=scene.w2c[..., :3, :4].clone(),
+        ray=gt_rays(scene.w2c, batch["intrinsics"], H, W, h, w),
+    )
     _, right = geometry_losses({**out, "reference_view": ref}, batch)
     _, wrong = geometry_losses(out, batch)
     assert float(right["camera"]) < 1e-6 and float(right["point"]) < 1e-6
@@ -293,17 +296,20 @@ def test_geometry_losses_run_in_fp32_under_autocast():
 
 
 def test_reference_first_moves_one_view_and_keeps_the_rest_in_order():
-    from da3_splat.train.nvs import SceneBatch, reference_first
+    from da3_splat.nvs import SceneBatch, reference_first
 
     S = 4
     ids = torch.arange(S, dtype=torch.float32)
     batch = SceneBatch(
         context_images=ids[None, :, None, None, None].expand(1, S, 3, 2, 2),
         context_w2c=torch.eye(4).repeat(1, S, 1, 1),
-        context_K=ids[None, :, None, None].expand(1, S, 3, 3), target_images=torch.zeros(1, 1, 3, 2, 2),
-        target_w2c=torch.eye(4)[None, None], target_K=torch.eye(3)[None, None], scale=torch.ones(1),
+        context_K=ids[None, :, None, None].expand(1, S, 3, 3),
+        target_images=torch.zeros(1, 1, 3, 2, 2),
+        target_w2c=torch.eye(4)[None, None],
+        target_K=torch.eye(3)[None, None],
+        scale=torch.ones(1),
         context_depth=ids[None, :, None, None].expand(1, S, 2, 2),
-    )  # fmt: skip
+    )
     moved = reference_first(batch, 2)
     assert moved.context_images[0, :, 0, 0, 0].tolist() == [2, 0, 1, 3]
     assert moved.context_K[0, :, 0, 0].tolist() == [2, 0, 1, 3]

@@ -19,11 +19,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 MICRO_ARCH = {
     "model_name": "da3-micro-test",
-    "vit": {"dim": 32, "depth": 4, "num_heads": 2, "ffn_hidden": 64, "out_layers": [0, 1, 2, 3], "alt_start": 2,
-            "pos_grid": 8},
+    "vit": {
+        "dim": 32,
+        "depth": 4,
+        "num_heads": 2,
+        "ffn_hidden": 64,
+        "out_layers": [0, 1, 2, 3],
+        "alt_start": 2,
+        "pos_grid": 8,
+    },
     "head": {"kind": "dual", "features": 16, "out_channels": [16, 16, 32, 32], "output_dim": 2},
     "camera": True,
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +50,42 @@ def arch(tmp_path_factory):
 
 def micro_config(scenes, arch, out, **kw) -> list[str]:
     args = [
-        "--model.weights", f"arch:{arch}", "--model.nvs-features", "16", "--data.train", str(scenes / "train"),
-        "--data.height", "28", "--data.width", "56", "--data.context-views", "2", "2", "--data.target-views", "1",
-        "--data.window", "4", "10", "--data.workers", "0", "--optim.warmup", "2", "--optim.lr", "1e-3",
-        "--train", "geometry+nvs", "--posed", "0.5", "--device", "cpu", "--no-progress", "--log-every", "1",
-        "-o", str(out),
-    ]  # fmt: skip
+        "--model.weights",
+        f"arch:{arch}",
+        "--model.nvs-features",
+        "16",
+        "--data.train",
+        str(scenes / "train"),
+        "--data.height",
+        "28",
+        "--data.width",
+        "56",
+        "--data.context-views",
+        "2",
+        "2",
+        "--data.target-views",
+        "1",
+        "--data.window",
+        "4",
+        "10",
+        "--data.workers",
+        "0",
+        "--optim.warmup",
+        "2",
+        "--optim.lr",
+        "1e-3",
+        "--train",
+        "geometry+nvs",
+        "--posed",
+        "0.5",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--log-every",
+        "1",
+        "-o",
+        str(out),
+    ]
     for k, v in kw.items():
         args += [f"--{k.replace('_', '-')}", *([str(v)] if not isinstance(v, (list, tuple)) else map(str, v))]
     return args
@@ -98,8 +135,18 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(scenes, 
     run_train(parse_train_args(one))
     two = micro_config(scenes, arch, tmp_path / "two", steps=3) + ["--optim.batch-size", "1", "--posed", "1.0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "da3_splat.cli", "train", *two]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "da3_splat.cli",
+        "train",
+        *two,
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
@@ -150,3 +197,87 @@ def test_existing_run_is_not_overwritten(scenes, arch, tmp_path):
     with pytest.raises(InputError, match="--resume"):
         run_train(parse_train_args(micro_config(scenes, arch, tmp_path / "r", steps=2)))
     assert (tmp_path / "r" / "model" / "model.safetensors").read_bytes() == before
+
+
+class Interrupted(Exception):
+    """Stands in for a kill (Ctrl-C, preemption) in the middle of a run."""
+
+
+def test_overwrite_starts_clean_and_leaves_other_files(scenes, arch, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    run_train(parse_train_args(micro_config(scenes, arch, out, steps=2, checkpoint_every=1)))
+    old_events = {p.name for p in (out / "tensorboard").iterdir()}
+    assert old_events and (out / "checkpoints" / "step_000002").is_dir() and (out / "summary.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "renders").mkdir()
+    (out / "renders" / "a.png").write_bytes(b"x")
+    (out / "checkpoints" / "README.md").write_text("also mine")
+
+    # The new run dies before its first checkpoint: nothing of the old run may be left for --resume to continue.
+    from da3_splat.train import trainer
+
+    def killed(*args, **kwargs):
+        raise Interrupted
+
+    monkeypatch.setattr(trainer, "compute_loss", killed)
+    with pytest.raises(Interrupted):
+        run_train(parse_train_args(micro_config(scenes, arch, out, steps=3) + ["--overwrite"]))
+    monkeypatch.undo()
+    assert not list((out / "checkpoints").glob("step_*")) and not (out / "checkpoints" / "latest").exists()
+    assert not (out / "model").exists() and not (out / "summary.json").exists()
+    assert not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text()
+    assert not old_events & {p.name for p in (out / "tensorboard").iterdir()}  # old TensorBoard events are gone
+    assert json.loads((out / "config.json").read_text())["steps"] == 3  # the new run's config
+    assert (out / "notes.txt").read_text() == "mine" and (out / "renders" / "a.png").read_bytes() == b"x"
+    assert (out / "checkpoints" / "README.md").read_text() == "also mine"
+    from da3_splat.errors import InputError
+
+    with pytest.raises(InputError, match="no checkpoints"):
+        run_train(parse_train_args(micro_config(scenes, arch, out, steps=3) + ["--resume"]))
+
+
+def test_overwrite_and_resume_together_are_refused(tmp_path):
+    from da3_splat.errors import InputError
+    from da3_splat.train.trainer import check_output
+
+    with pytest.raises(InputError, match="not both"):
+        check_output(TrainConfig(output=tmp_path, resume=True, overwrite=True))
+
+
+def test_resume_logs_each_step_once(scenes, arch, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from da3_splat.train import checkpoint
+
+    out = tmp_path / "r"
+    save = checkpoint.save_checkpoint
+
+    def killed_at_step_4(directory, step, *args, **kwargs):
+        if step == 4:
+            raise Interrupted
+        return save(directory, step, *args, **kwargs)
+
+    # Checkpoints every 2 steps; killed after steps 3 and 4 are logged but before step 4 is saved.
+    monkeypatch.setattr(checkpoint, "save_checkpoint", killed_at_step_4)
+    with pytest.raises(Interrupted):
+        run_train(parse_train_args(micro_config(scenes, arch, out, steps=5, checkpoint_every=2)))
+    monkeypatch.undo()
+    logged = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.')  # a row torn by the kill
+
+    text = io.StringIO()
+    args = micro_config(scenes, arch, out, steps=5, checkpoint_every=2) + ["--resume"]
+    run_train(parse_train_args(args), console=Console(file=text, width=200))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5] and all("loss" in x for x in lines)
+    assert "resuming from step 2" in text.getvalue()
+    # TensorBoard hides the rows the resumed run writes again too (purge_step)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5]

@@ -1,5 +1,5 @@
 """Rendering Gaussians: gsplat on CUDA, a differentiable torch renderer elsewhere (`render`)."""
 
-from da3_splat.render.api import RenderOutput, render
+from da3_splat.rendering.api import RenderOutput, render
 
 __all__ = ["RenderOutput", "render"]

@@ -1,4 +1,4 @@
-"""Evaluation: image metrics (PSNR, SSIM, optional LPIPS) and their aggregation.
+"""Image metrics (PSNR, SSIM, optional LPIPS) and their aggregation.
 
 Images are float tensors (..., 3, H, W) in [0, 1]; every metric returns one value per image (shape ``...``).
 LPIPS is only offered when the ``lpips`` package and its AlexNet backbone weights are already on disk:
@@ -44,7 +44,8 @@ def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     gets NaN (there is nothing to measure). Identical images give 100 dB rather than +inf.
     """
     _check_images(pred, target)
-    err = (pred.float() - target.float()) ** 2
+    dtype = torch.promote_types(pred.dtype, torch.float32)  # float64 inputs stay float64
+    err = (pred.to(dtype) - target.to(dtype)) ** 2
     if mask is None:
         mse = err.mean(dim=(-3, -2, -1))
     else:
@@ -55,6 +56,16 @@ def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         mse = (err * m).sum(dim=(-3, -2, -1)) / count.clamp(min=1)
         mse = torch.where(count > 0, mse, torch.full_like(mse, math.nan))
     return 10.0 * torch.log10(1.0 / mse.clamp(min=PSNR_MIN_MSE))
+
+
+def uint8_psnr(a, b, mask=None) -> float:
+    """PSNR (dB) of uint8 images ``a`` against ``b`` (H, W, 3) numpy, over the ``mask`` (H, W) pixels when given."""
+
+    def chw(x):
+        return torch.from_numpy(x).permute(2, 0, 1).double() / 255.0
+
+    m = None if mask is None else torch.from_numpy(mask)
+    return float(psnr(chw(a), chw(b), m))
 
 
 def gaussian_window(size: int, sigma: float, dtype=torch.float32, device=None) -> Tensor:

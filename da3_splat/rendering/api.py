@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from da3_splat.gaussians import Gaussians
-from da3_splat.render import cpu
+from da3_splat.rendering import cpu
 
 MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
@@ -44,7 +44,7 @@ def render(
     sh_degree: SH degree to evaluate (None = all the coefficients `gaussians.sh` holds).
     mode: "RGB", "D", "ED", "RGB+D" or "RGB+ED", as gsplat 1.4.0: "D" is the alpha-weighted sum of z-depths,
     "ED" that sum divided by alpha. The backend is chosen by `gaussians.means.device`: CUDA -> gsplat
-    (packed=False), anything else -> `da3_splat.render.cpu`. `info` is filled when `return_info`; with `absgrad`
+    (packed=False), anything else -> `da3_splat.rendering.cpu`. `info` is filled when `return_info`; with `absgrad`
     the backward pass also sets `info["means2d"].absgrad`, as gsplat.
     """
     viewmats, Ks = _check(gaussians, viewmats, Ks, width, height, sh_degree, mode, rasterize_mode)
@@ -54,8 +54,16 @@ def render(
     bg = None
     if background is not None:
         bg = torch.as_tensor(background, dtype=g.means.dtype, device=device).expand(C, 3)
-    args = dict(near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree, backgrounds=bg,
-                render_mode=mode, absgrad=absgrad, rasterize_mode=rasterize_mode)  # fmt: skip
+    args = dict(
+        near_plane=near_plane,
+        far_plane=far_plane,
+        eps2d=eps2d,
+        sh_degree=sh_degree,
+        backgrounds=bg,
+        render_mode=mode,
+        absgrad=absgrad,
+        rasterize_mode=rasterize_mode,
+    )
     # gsplat's kernels are not exercised with N = 0; the torch renderer handles it on any device.
     if device.type == "cuda" and g.num_gaussians > 0:
         from gsplat import rasterization
@@ -64,8 +72,9 @@ def render(
             g.means, g.quats, g.scales, g.opacities, g.sh, viewmats, Ks, width, height, packed=False, **args
         )
     else:
-        img, alpha, meta = cpu.rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, viewmats, Ks,
-                                             width, height, **args)  # fmt: skip
+        img, alpha, meta = cpu.rasterization(
+            g.means, g.quats, g.scales, g.opacities, g.sh, viewmats, Ks, width, height, **args
+        )
     keys = ("width", "height", "n_cameras", "radii", "gaussian_ids", "means2d", "depths", "conics", "opacities")
     info = {k: meta[k] for k in keys} if return_info else {}
     has_rgb, has_depth = mode.startswith("RGB"), mode != "RGB"
@@ -101,8 +110,9 @@ def _check(g: Gaussians, viewmats, Ks, width, height, sh_degree, mode, rasterize
     if width <= 0 or height <= 0:
         raise ValueError(f"width and height must be positive, got {width}x{height}")
     # One reduction per field and a single host sync; only on failure look closer to name the field.
-    tensors = dict(means=g.means, quats=g.quats, scales=g.scales, opacities=g.opacities, sh=g.sh,
-                   viewmats=viewmats, Ks=Ks)  # fmt: skip
+    tensors = dict(
+        means=g.means, quats=g.quats, scales=g.scales, opacities=g.opacities, sh=g.sh, viewmats=viewmats, Ks=Ks
+    )
     sums = torch.stack([t.detach().sum() for t in tensors.values()])
     if not bool(torch.isfinite(sums).all()):
         for name, t in tensors.items():

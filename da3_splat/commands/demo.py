@@ -54,7 +54,7 @@ def _ns_command(name: str) -> Path:
     if not exe.exists():
         found = shutil.which(name)
         if found is None:
-            raise InputError(f"{name} not found: install the nerfstudio extra (pip install -e \".[nerfstudio]\")")
+            raise InputError(f'{name} not found: install the nerfstudio extra (pip install -e ".[nerfstudio]")')
         exe = Path(found)
     return exe
 
@@ -77,13 +77,40 @@ def _train(cfg: DemoConfig, console, scene: Path, name: str, refine_steps: int, 
     """One ``ns-train da3-splat`` run; -> its config.yml."""
     out = cfg.output / "runs"
     args = [
-        _ns_command("ns-train"), "da3-splat", "--data", scene, "--output-dir", out, "--experiment-name", name,
-        "--timestamp", "run", "--machine.device-type", cfg.device, "--vis", "tensorboard",
-        "--max-num-iterations", max(refine_steps, 1), "--pipeline.model.refine-steps", refine_steps,
-        "--pipeline.model.weights", cfg.weights, "--pipeline.model.max-gaussians", cfg.max_gaussians,
-        "--steps-per-eval-all-images", 1_000_000, "--steps-per-eval-image", 1_000_000,
-        "nerfstudio-data", "--downscale-factor", 4, "--eval-mode", "interval", "--eval-interval", 8,
-    ]  # fmt: skip
+        _ns_command("ns-train"),
+        "da3-splat",
+        "--data",
+        scene,
+        "--output-dir",
+        out,
+        "--experiment-name",
+        name,
+        "--timestamp",
+        "run",
+        "--machine.device-type",
+        cfg.device,
+        "--vis",
+        "tensorboard",
+        "--max-num-iterations",
+        max(refine_steps, 1),
+        "--pipeline.model.refine-steps",
+        refine_steps,
+        "--pipeline.model.weights",
+        cfg.weights,
+        "--pipeline.model.max-gaussians",
+        cfg.max_gaussians,
+        "--steps-per-eval-all-images",
+        1_000_000,
+        "--steps-per-eval-image",
+        1_000_000,
+        "nerfstudio-data",
+        "--downscale-factor",
+        4,
+        "--eval-mode",
+        "interval",
+        "--eval-interval",
+        8,
+    ]
     label = "feed-forward (no refinement)" if refine_steps == 0 else f"refinement ({refine_steps} steps)"
     _run(console, f"ns-train da3-splat: {label}", args, logs / f"train_{name}.log")
     return out / name / "da3-splat" / "run" / "config.yml"
@@ -101,7 +128,7 @@ def _preview(out: Path, names: tuple[str, str]) -> Path | None:
     import numpy as np
     from PIL import Image
 
-    from da3_splat.export import write_png
+    from da3_splat.files import write_png
 
     first = sorted((out / "renders" / names[0]).glob("*_img_*.png"))
     rows = []
@@ -123,8 +150,7 @@ def run_demo(cfg: DemoConfig, console=None) -> dict:
     from rich.console import Console
 
     from da3_splat.data.synthetic import SyntheticConfig, make_synthetic
-    from da3_splat.export import write_json
-    from da3_splat.predict import check_output_dir
+    from da3_splat.files import check_output_dir, write_json
 
     console = console or Console(stderr=True, soft_wrap=True)
     if cfg.frames < 9:
@@ -146,16 +172,33 @@ def run_demo(cfg: DemoConfig, console=None) -> dict:
         config = _train(cfg, console, scene, name, steps, logs)
         results[name] = {"config": str(config), **_evaluate(console, config, name, cfg.output, logs)}
     ply_dir = cfg.output / "export"
-    _run(console, "ns-export gaussian-splat", [_ns_command("ns-export"), "gaussian-splat", "--load-config",
-         results["refined"]["config"], "--output-dir", ply_dir], logs / "export.log")  # fmt: skip
+    _run(
+        console,
+        "ns-export gaussian-splat",
+        [
+            _ns_command("ns-export"),
+            "gaussian-splat",
+            "--load-config",
+            results["refined"]["config"],
+            "--output-dir",
+            ply_dir,
+        ],
+        logs / "export.log",
+    )
     preview = _preview(cfg.output, ("feedforward", "refined"))
 
     summary = {
-        "weights": cfg.weights, "scene": str(scene), "frames": cfg.frames, "refine_steps": cfg.refine_steps,
-        "psnr": {k: v["psnr"] for k, v in results.items()}, "ssim": {k: v["ssim"] for k, v in results.items()},
-        "ply": str(ply_dir / "splat.ply"), "preview": None if preview is None else str(preview),
-        "runs": {k: v["config"] for k, v in results.items()}, "seconds": time.perf_counter() - t_start,
-    }  # fmt: skip
+        "weights": cfg.weights,
+        "scene": str(scene),
+        "frames": cfg.frames,
+        "refine_steps": cfg.refine_steps,
+        "psnr": {k: v["psnr"] for k, v in results.items()},
+        "ssim": {k: v["ssim"] for k, v in results.items()},
+        "ply": str(ply_dir / "splat.ply"),
+        "preview": None if preview is None else str(preview),
+        "runs": {k: v["config"] for k, v in results.items()},
+        "seconds": time.perf_counter() - t_start,
+    }
     write_json(cfg.output / "summary.json", summary)
     out = Console(soft_wrap=True, highlight=False)
     out.print(f"\n[bold]da3-splat demo[/] ({summary['seconds'] / 60:.1f} min, weights {cfg.weights})")
@@ -167,7 +210,8 @@ def run_demo(cfg: DemoConfig, console=None) -> dict:
     out.print(f"  nerfstudio runs:  {cfg.output / 'runs'}  (ns-viewer --load-config {summary['runs']['refined']})")
     out.print(f"  summary:          {cfg.output / 'summary.json'}")
     if cfg.view:
-        from da3_splat.viewer import ViewConfig, run_view
+        from da3_splat.viewer import ViewConfig
+        from da3_splat.viewer.app import serve
 
-        run_view(ViewConfig(path=Path(summary["runs"]["refined"]).parent))
+        serve(ViewConfig(path=Path(summary["runs"]["refined"]).parent))
     return summary

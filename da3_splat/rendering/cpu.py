@@ -1,6 +1,6 @@
 """Differentiable 3DGS renderer in plain torch, for CPU (it runs on any device; CUDA uses gsplat instead).
 
-Projection and SH follow gsplat 1.4.0 (its pure-torch reference functions); compositing is ours, and it never forms
+Projection (`projection.py`) and SH (`da3_splat.sh`) follow gsplat 1.4.0's numerics; compositing never forms
 a pixels x Gaussians tensor. Each Gaussian's footprint (the pixels where its alpha can reach 1/255, within the 16-px
 tiles gsplat gives it) is covered by SUB x SUB sub-tiles. The (sub-tile, Gaussian) entries, made front to back, are
 stably sorted by sub-tile, so each sub-tile's entries form a contiguous run in depth order. Alpha is evaluated on an
@@ -22,9 +22,11 @@ import itertools
 import math
 
 import torch
-from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _spherical_harmonics, _world_to_cam
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from da3_splat.rendering.projection import perspective_projection, quat_scale_to_covariance, world_to_camera
+from da3_splat.sh import eval_sh
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
@@ -36,20 +38,32 @@ RUN_BUDGET = 1 << 12  # sub-tiles composited together
 SLAB = 32  # entries per sub-tile in the first front-to-back step; later steps grow by half the depth reached
 
 
-def project(means, quats, scales, viewmats, Ks, width, height, eps2d=0.3, near_plane=0.01, far_plane=1e10,
-            calc_compensations=False):  # fmt: skip
-    """gsplat's `_fully_fused_projection` (pinhole), with CUDA's culling and a finite gradient for culled ones.
+def project(
+    means,
+    quats,
+    scales,
+    viewmats,
+    Ks,
+    width,
+    height,
+    eps2d=0.3,
+    near_plane=0.01,
+    far_plane=1e10,
+    calc_compensations=False,
+):
+    """gsplat's fused pinhole projection (`fully_fused_projection`), with CUDA's culling and a finite gradient for
+    culled ones.
 
     Returns radii [C, N] int32 (0 = culled), means2d [C, N, 2], depths [C, N], conics [C, N, 3], compensations.
     """
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
-    means_c, covars_c = _world_to_cam(means, covars, viewmats)
+    covars = quat_scale_to_covariance(quats, scales)
+    means_c, covars_c = world_to_camera(means, covars, viewmats)
     depths = means_c[..., 2]
     in_range = (depths >= near_plane) & (depths <= far_plane)
     # A Gaussian at depth 0 would put inf into the projection and NaN into every gradient through 0 * inf;
     # culled Gaussians contribute nothing, so project a harmless stand-in for them instead.
     means_c = torch.where(in_range[..., None], means_c, means_c.new_tensor([0.0, 0.0, 1.0]))
-    means2d, cov2d = _persp_proj(means_c, covars_c, Ks, width, height)
+    means2d, cov2d = perspective_projection(means_c, covars_c, Ks, width, height)
     det_orig = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
     cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
     det_blur = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
@@ -71,7 +85,7 @@ def sh_colors(means: Tensor, sh: Tensor, viewmats: Tensor, sh_degree: int) -> Te
     """Per-camera colours [C, N, 3] = clamp_min(SH(mean - camera centre) + 0.5, 0), as gsplat's rasterization."""
     campos = torch.inverse(viewmats)[:, :3, 3]
     dirs = means[None] - campos[:, None]
-    return (_spherical_harmonics(sh_degree, dirs, sh.expand(len(viewmats), -1, -1, -1)) + 0.5).clamp_min(0.0)
+    return (eval_sh(sh_degree, dirs, sh) + 0.5).clamp_min(0.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,9 +348,25 @@ def _untile(tiles, C, H, W):
 # --------------------------------------------------------------------------------------------------
 
 
-def rasterization(means, quats, scales, opacities, sh, viewmats, Ks, width, height, near_plane=0.01,
-                  far_plane=1e10, eps2d=0.3, sh_degree=None, backgrounds=None, render_mode="RGB",
-                  absgrad=False, rasterize_mode="classic"):  # fmt: skip
+def rasterization(
+    means,
+    quats,
+    scales,
+    opacities,
+    sh,
+    viewmats,
+    Ks,
+    width,
+    height,
+    near_plane=0.01,
+    far_plane=1e10,
+    eps2d=0.3,
+    sh_degree=None,
+    backgrounds=None,
+    render_mode="RGB",
+    absgrad=False,
+    rasterize_mode="classic",
+):
     """Same contract as `gsplat.rasterization(..., packed=False)` for SH colours; returns (colors, alphas, meta)."""
     C, N = len(viewmats), len(means)
     sh_degree = math.isqrt(sh.shape[-2]) - 1 if sh_degree is None else sh_degree
@@ -357,6 +387,17 @@ def rasterization(means, quats, scales, opacities, sh, viewmats, Ks, width, heig
         render = torch.cat([rgb, render[..., 3:]], -1)
     if render_mode in ("ED", "RGB+ED"):
         render = torch.cat([render[..., :-1], render[..., -1:] / alpha.clamp(min=1e-10)], -1)
-    meta = dict(camera_ids=None, gaussian_ids=None, radii=radii, means2d=means2d, depths=depths, conics=conics,
-                opacities=opacities, width=width, height=height, n_cameras=C, tile_size=TILE_SIZE)  # fmt: skip
+    meta = dict(
+        camera_ids=None,
+        gaussian_ids=None,
+        radii=radii,
+        means2d=means2d,
+        depths=depths,
+        conics=conics,
+        opacities=opacities,
+        width=width,
+        height=height,
+        n_cameras=C,
+        tile_size=TILE_SIZE,
+    )
     return render, alpha, meta

@@ -2,7 +2,7 @@
 a rendered camera path out.
 
 Uses the checkpoint's GS head when it has one, else head-free Gaussians (one per pixel, from depth). Input
-decoding, model loading and output checks are predict's. Heavy modules are imported inside :func:`run_splat`.
+decoding, model loading and output checks are the library's (:mod:`da3_splat.inputs`). Heavy modules are imported inside :func:`run_splat`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import tyro
 
 from da3_splat.errors import InputError
 from da3_splat.export import DEFAULT_CONF_PERCENTILE
-from da3_splat.predict import DEFAULT_MODEL
+from da3_splat.progress import progress_bar, status
+from da3_splat.runtime import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,8 +74,7 @@ class SplatConfig:
 
 def _check_config(cfg: SplatConfig) -> None:
     checks = [
-        (cfg.process_res is None or cfg.process_res >= 14,
-         f"--process-res must be at least 14, got {cfg.process_res}"),
+        (cfg.process_res is None or cfg.process_res >= 14, f"--process-res must be at least 14, got {cfg.process_res}"),
         (cfg.max_gaussians >= 1, f"--max-gaussians must be at least 1, got {cfg.max_gaussians}"),
         (cfg.path_frames >= 1, f"--path-frames must be at least 1, got {cfg.path_frames}"),
         (cfg.fps >= 1, f"--fps must be at least 1, got {cfg.fps}"),
@@ -107,7 +107,7 @@ def path_cameras(kind: str, w2c, K, n_frames: int, points=None):
     import torch
 
     from da3_splat.geometry import as_homogeneous
-    from da3_splat.render.camera_path import interpolate_cameras, orbit_cameras, scene_center
+    from da3_splat.rendering.camera_path import interpolate_cameras, orbit_cameras, scene_center
 
     w2c = as_homogeneous(torch.as_tensor(w2c, dtype=torch.float32))
     K = torch.as_tensor(K, dtype=torch.float32)
@@ -119,20 +119,11 @@ def path_cameras(kind: str, w2c, K, n_frames: int, points=None):
     return orbit_cameras(w2c, K, n_frames, center=scene_center(w2c, points))
 
 
-def psnr(a, b, mask=None) -> float:
-    """PSNR (dB) of uint8 images ``a`` against ``b`` (over ``mask`` pixels when given)."""
-    import numpy as np
-
-    d = a.astype(np.float64) - b.astype(np.float64)
-    mse = float(np.mean(np.square(d[mask] if mask is not None else d))) / 255.0**2
-    return float("inf") if mse == 0 else -10.0 * float(np.log10(mse))
-
-
 def preview_sheet(inputs: np.ndarray, renders: np.ndarray) -> np.ndarray:
     """Up to PREVIEW_MAX_VIEWS evenly spaced views, each as [input | render], two views per row."""
     import numpy as np
 
-    from da3_splat.render.camera_path import preview_grid
+    from da3_splat.rendering.camera_path import preview_grid
 
     S = len(inputs)
     idx = np.unique(np.linspace(0, S - 1, min(S, PREVIEW_MAX_VIEWS)).round().astype(int))
@@ -162,18 +153,18 @@ def _remove_stale(out: Path, names: list[str], keep_path_frames: int) -> None:
 def _write_scene(out: Path, pred, names: list[str], g, console) -> None:
     """images/<name>.png, transforms.json (the input cameras) and splat.ply."""
     from da3_splat.data.transforms import write_transforms
-    from da3_splat.export import write_png
+    from da3_splat.files import write_png
     from da3_splat.ply import write_ply
-    from da3_splat.predict import _progress
 
     S, H, W = pred.depth.shape
-    with _progress(console) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task("Writing outputs", total=S + 2)
         for i, name in enumerate(names):
             write_png(out / "images" / f"{name}.png", pred.processed_images[i])
             bar.advance(task)
-        write_transforms(out / "transforms.json", [f"images/{n}.png" for n in names], pred.extrinsics,
-                         pred.intrinsics, [(H, W)] * S)  # fmt: skip
+        write_transforms(
+            out / "transforms.json", [f"images/{n}.png" for n in names], pred.extrinsics, pred.intrinsics, [(H, W)] * S
+        )
         write_ply(out / SPLAT_FILE, g, overwrite=True)
         bar.advance(task, 2)
 
@@ -182,32 +173,31 @@ def _write_preview(out: Path, pred, g, console) -> list[float]:
     """Render the input views, write preview.png; -> PSNR per view inside the trimmed border (what is kept)."""
     import torch
 
-    from da3_splat.export import write_png
-    from da3_splat.predict import _progress
+    from da3_splat.files import write_png
+    from da3_splat.image_metrics import uint8_psnr
     from da3_splat.reduce import border_mask
-    from da3_splat.render.camera_path import render_path
+    from da3_splat.rendering.camera_path import render_path
 
     S, H, W = pred.depth.shape
     w2c, K = torch.from_numpy(pred.extrinsics).float(), torch.from_numpy(pred.intrinsics).float()
-    with _progress(console) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task("Rendering the input views", total=S)
         renders = render_path(g, w2c, K, W, H, progress=lambda k: bar.update(task, completed=k))
     write_png(out / PREVIEW_FILE, preview_sheet(pred.processed_images, renders))
     inner = border_mask(1, H, W).reshape(H, W).numpy()
-    return [psnr(renders[i], pred.processed_images[i], inner) for i in range(S)]
+    return [uint8_psnr(renders[i], pred.processed_images[i], inner) for i in range(S)]
 
 
 def _write_path(out: Path, g, cams, size: tuple[int, int], cfg: SplatConfig, console):
     """Render the camera path into path/ and path.mp4; -> the VideoResult (a stale video goes when skipped)."""
-    from da3_splat.predict import _progress, _status
-    from da3_splat.render.camera_path import render_path, write_frames, write_video
+    from da3_splat.rendering.camera_path import render_path, write_frames, write_video
 
     (w2c, K), (H, W) = cams, size
-    with _progress(console) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task(f"Rendering the {cfg.path} path", total=len(w2c))
         frames = render_path(g, w2c, K, W, H, progress=lambda k: bar.update(task, completed=k))
     write_frames(out / PATH_DIR, frames)
-    with _status(console, f"Encoding {VIDEO_FILE} ..."):
+    with status(console, f"Encoding {VIDEO_FILE} ..."):
         video = write_video(out / VIDEO_FILE, frames, fps=cfg.fps)
     if video.skipped:
         (out / VIDEO_FILE).unlink(missing_ok=True)  # a previous run's video would not match these frames
@@ -226,29 +216,21 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
     from rich.console import Console
 
     from da3_splat.build import gaussians_from_prediction
-    from da3_splat.export import write_json
-    from da3_splat.predict import _status, load_model_and_inputs, prepare_inputs
+    from da3_splat.files import write_json
+    from da3_splat.inputs import run_model_on_inputs
 
     console = console or Console(stderr=True, soft_wrap=True)
     out_console = out_console or Console(soft_wrap=True, highlight=False)
     t_start = time.perf_counter()
     _check_config(cfg)
-    paths, names, poses, device = prepare_inputs(cfg, _check_inputs_kept)
-
-    model, (images, names, extrinsics, intrinsics), timings = load_model_and_inputs(
-        cfg, paths, names, poses, device, console, needs_cameras="splat"
+    model, pred, names, device, timings = run_model_on_inputs(
+        cfg, _check_inputs_kept, console, needs_cameras="splat", gaussians=True
     )
-
-    t0 = time.perf_counter()
-    with _status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):
-        pred = model.infer(images, extrinsics=extrinsics, intrinsics=intrinsics, process_res=cfg.process_res,
-                           infer_gs=model.has_gs_head)  # fmt: skip
-    timings["inference"] = time.perf_counter() - t0
     process_res = model.process_res_for(cfg.process_res)
-    del images, model
+    del model
 
     t0 = time.perf_counter()
-    with _status(console, "Building Gaussians ..."):
+    with status(console, "Building Gaussians ..."):
         g, source = gaussians_from_prediction(pred, cfg.max_gaussians, cfg.conf_percentile, device=device)
     if source == "gs-head":
         out_console.print("using the model's GS head", highlight=False)
@@ -272,17 +254,25 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
         timings["path"] = time.perf_counter() - t0
 
     info = {
-        "model": cfg.model, "input": str(cfg.input), "device": device,
+        "model": cfg.model,
+        "input": str(cfg.input),
+        "device": device,
         "process_res": process_res,
-        "poses": None if cfg.poses is None else str(cfg.poses), "source": source,
-        "num_gaussians": g.num_gaussians, "max_gaussians": cfg.max_gaussians, "num_views": S,
-        "processed_size": [int(H), int(W)], "is_metric": bool(pred.is_metric),
+        "poses": None if cfg.poses is None else str(cfg.poses),
+        "source": source,
+        "num_gaussians": g.num_gaussians,
+        "max_gaussians": cfg.max_gaussians,
+        "num_views": S,
+        "processed_size": [int(H), int(W)],
+        "is_metric": bool(pred.is_metric),
         "psnr_input_views_db": [round(p, 3) if math.isfinite(p) else None for p in view_psnr],
-        "path": cfg.path if cfg.video else None, "path_frames": n_path,
+        "path": cfg.path if cfg.video else None,
+        "path_frames": n_path,
         "video": None if video is None else (str(video.path.name) if video.path else None),
         "video_skipped": None if video is None else video.skipped,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()}, "views": list(names),
-    }  # fmt: skip
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "views": list(names),
+    }
     write_json(out / SUMMARY_FILE, info)
     report(info, out, time.perf_counter() - t_start, out_console)
     return info

@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from da3_splat.files import atomic_path
 from da3_splat.gaussians import Gaussians
 from da3_splat.geometry import (
     as_homogeneous,
@@ -210,8 +210,10 @@ def orbit_cameras(
 # Rendering and writing
 
 
-def to_uint8(colors: Tensor) -> np.ndarray:
-    """Float colours in [0, 1] (..., 3) -> uint8 numpy, rounded."""
+def to_uint8(colors: Tensor, channels_first: bool = False) -> np.ndarray:
+    """Float colours in [0, 1], (..., 3) or with ``channels_first`` (3, H, W), -> uint8 numpy (..., 3), rounded."""
+    if channels_first:
+        colors = colors.permute(1, 2, 0)
     return (colors.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
@@ -227,7 +229,7 @@ def render_path(
 ) -> np.ndarray:
     """Render unbatched ``gaussians`` at each camera, one at a time (bounded memory): uint8 (N, H, W, 3).
     ``progress(done)`` is called after each frame. Runs where the Gaussians are (CUDA: gsplat)."""
-    from da3_splat.render.api import render
+    from da3_splat.rendering.api import render
 
     dev = gaussians.means.device
     bg = torch.tensor(background, dtype=gaussians.means.dtype, device=dev)
@@ -244,7 +246,7 @@ def render_path(
 
 def write_frames(out_dir, frames: np.ndarray, prefix: str = "frame_") -> list[Path]:
     """Frames (N, H, W, 3) uint8 -> ``out_dir/<prefix>00001.png`` ... (atomic writes); returns the paths."""
-    from da3_splat.export import write_png
+    from da3_splat.files import write_png
 
     out_dir = Path(out_dir)
     return [write_png(out_dir / f"{prefix}{i + 1:05d}.png", f) for i, f in enumerate(frames)]
@@ -274,6 +276,10 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
+class _EncoderFailed(Exception):
+    pass
+
+
 def write_video(path, frames: np.ndarray, fps: float = 30.0) -> VideoResult:
     """Frames (N, H, W, 3) uint8 -> H.264 (yuv420p) MP4 by piping raw RGB to ffmpeg; written atomically.
     Without an ffmpeg (see :func:`find_ffmpeg`), or when it fails, nothing is written and the reason returned."""
@@ -284,27 +290,46 @@ def write_video(path, frames: np.ndarray, fps: float = 30.0) -> VideoResult:
         return VideoResult(None, "no frames to encode")
     frames = np.ascontiguousarray(_even(np.asarray(frames, dtype=np.uint8)))
     _, h, w, _ = frames.shape
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    cmd = [
-        exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps:g}",
-        "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart",
-        "-f", "mp4", tmp,
-    ]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        os.unlink(tmp)
-        return VideoResult(None, f"ffmpeg could not run: {e}")
-    if proc.returncode != 0 or os.path.getsize(tmp) == 0:
-        os.unlink(tmp)
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
-        return VideoResult(None, f"ffmpeg failed: {lines[-1] if lines else f'exit status {proc.returncode}'}")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return VideoResult(path)
+        with atomic_path(path) as tmp:  # moved into place only when ffmpeg succeeds
+            cmd = [
+                exe,
+                "-y",
+                "-loglevel",
+                "error",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-s",
+                f"{w}x{h}",
+                "-r",
+                f"{fps:g}",
+                "-i",
+                "-",
+                "-an",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-crf",
+                "18",
+                "-movflags",
+                "+faststart",
+                "-f",
+                "mp4",
+                str(tmp),
+            ]
+            try:
+                proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise _EncoderFailed(f"ffmpeg could not run: {e}") from None
+            if proc.returncode != 0 or os.path.getsize(tmp) == 0:
+                lines = proc.stderr.decode(errors="replace").strip().splitlines()
+                raise _EncoderFailed(f"ffmpeg failed: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+    except _EncoderFailed as e:
+        return VideoResult(None, str(e))
+    return VideoResult(Path(path))
 
 
 def preview_grid(frames, cols: int, gap: int = 2, fill: int = 255) -> np.ndarray:

@@ -19,8 +19,9 @@ from torch import Tensor
 
 from da3_splat.gaussians import Gaussians
 from da3_splat.geometry import camera_centers, normalize_scene, rigid_inverse
+from da3_splat.model.output import DA3Output
 from da3_splat.model.preprocess import normalize_float
-from da3_splat.render import render
+from da3_splat.rendering import render
 
 
 @dataclass
@@ -38,18 +39,23 @@ class SceneBatch:
     target_depth: Tensor | None = None
 
     @staticmethod
-    def from_dataset(sample: dict, device: torch.device | str = "cpu") -> "SceneBatch":
+    def from_dataset(sample: dict, device: torch.device | str = "cpu") -> SceneBatch:
         """From a collated ``NVSDataset`` batch (tensors with a leading batch dim)."""
         get = lambda k: sample[k].to(device) if k in sample and sample[k] is not None else None  # noqa: E731
         ctx, (tgt,), scale = normalize_scene(get("context_w2c").float(), get("target_w2c").float())
         cd, td = get("context_depth"), get("target_depth")
         s = scale[:, None, None, None]
         return SceneBatch(
-            context_images=get("context_images").float(), context_w2c=ctx, context_K=get("context_K").float(),
-            target_images=get("target_images").float(), target_w2c=tgt, target_K=get("target_K").float(),
-            scale=scale, context_depth=None if cd is None else cd.float() / s,
+            context_images=get("context_images").float(),
+            context_w2c=ctx,
+            context_K=get("context_K").float(),
+            target_images=get("target_images").float(),
+            target_w2c=tgt,
+            target_K=get("target_K").float(),
+            scale=scale,
+            context_depth=None if cd is None else cd.float() / s,
             target_depth=None if td is None else td.float() / s,
-        )  # fmt: skip
+        )
 
 
 def first_camera_alignment(pred_w2c: Tensor, gt_w2c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -79,13 +85,17 @@ def reference_first(batch: SceneBatch, view: int) -> SceneBatch:
     order = [view] + [i for i in range(S) if i != view]
     pick = lambda t: None if t is None else t[:, order]  # noqa: E731
     return replace(
-        batch, context_images=pick(batch.context_images), context_w2c=pick(batch.context_w2c),
-        context_K=pick(batch.context_K), context_depth=pick(batch.context_depth),
-    )  # fmt: skip
+        batch,
+        context_images=pick(batch.context_images),
+        context_w2c=pick(batch.context_w2c),
+        context_K=pick(batch.context_K),
+        context_depth=pick(batch.context_depth),
+    )
 
 
 def rescaled(batch: SceneBatch, factor: Tensor) -> SceneBatch:
     """The batch in units ``factor`` (B,) times smaller: translations and depths divided, first camera unchanged."""
+
     def w2c(t: Tensor) -> Tensor:
         return torch.cat([t[..., :3], t[..., 3:] / factor[:, None, None, None]], dim=-1)
 
@@ -93,9 +103,13 @@ def rescaled(batch: SceneBatch, factor: Tensor) -> SceneBatch:
         return None if t is None else t / factor[:, None, None, None]
 
     return replace(
-        batch, context_w2c=w2c(batch.context_w2c), target_w2c=w2c(batch.target_w2c), scale=batch.scale * factor,
-        context_depth=depth(batch.context_depth), target_depth=depth(batch.target_depth),
-    )  # fmt: skip
+        batch,
+        context_w2c=w2c(batch.context_w2c),
+        target_w2c=w2c(batch.target_w2c),
+        scale=batch.scale * factor,
+        context_depth=depth(batch.context_depth),
+        target_depth=depth(batch.target_depth),
+    )
 
 
 def predict(
@@ -105,7 +119,7 @@ def predict(
     geometry: bool = False,
     nvs: bool = True,
     ref_view_strategy: str | None = None,
-) -> dict:
+) -> DA3Output:
     """Run DA3 on the context views. Returns the model's outputs plus, when ``nvs``, ``gaussians`` (batched, in
     the normalised GT frame). ``geometry`` also computes the ray branch (for the geometry losses).
     ``ref_view_strategy`` None: the model's own rule (``config.ref_view_strategy``). The model's posed
@@ -114,13 +128,18 @@ def predict(
     x = normalize_float(batch.context_images)
     cams = (batch.context_w2c, batch.context_K) if posed else None
     out = model(
-        x, cams[0] if posed else None, cams[1] if posed else None, ref_view_strategy=ref_view_strategy,
-        infer_gs=nvs, return_rays=geometry, gs_cameras=cams if nvs else None,
-    )  # fmt: skip
+        x,
+        cams[0] if posed else None,
+        cams[1] if posed else None,
+        ref_view_strategy=ref_view_strategy,
+        infer_gs=nvs,
+        return_rays=geometry,
+        gs_cameras=cams if nvs else None,
+    )
     if nvs and not posed:
-        R, t, s = first_camera_alignment(out["extrinsics"], batch.context_w2c)
-        g = out["gaussians"]
-        out["gaussians"] = Gaussians.stack([g[b].transformed(R[b], t[b], s[b]) for b in range(len(R))])
+        R, t, s = first_camera_alignment(out.extrinsics, batch.context_w2c)
+        g = out.gaussians
+        out.gaussians = Gaussians.stack([g[b].transformed(R[b], t[b], s[b]) for b in range(len(R))])
     return out
 
 

@@ -1,0 +1,152 @@
+"""`da3-splat predict`: images or a video in; depth, confidence, cameras and a coloured point cloud out.
+
+Heavy modules (torch, the model) are imported inside :func:`run_predict`, so that building the command line
+and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from da3_splat.errors import InputError
+from da3_splat.export import DEFAULT_CONF_PERCENTILE, DEFAULT_MAX_POINTS
+from da3_splat.inputs import run_model_on_inputs
+from da3_splat.progress import progress_bar
+from da3_splat.runtime import DEFAULT_MODEL
+
+
+@dataclass
+class PredictConfig:
+    """Depth, cameras and a coloured point cloud from images or a video, with Depth Anything 3.
+
+    Writes OUT/images, OUT/depth (.npz, .png), OUT/confidence, OUT/transforms.json (nerfstudio), OUT/points.ply."""
+
+    input: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="INPUT")]
+    """An image, a folder of images (not recursive), or a video (.mp4 .mov .avi .mkv .webm)."""
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",), metavar="OUT")]
+    """Output folder; it must be new or empty unless --overwrite is given."""
+    model: str = DEFAULT_MODEL
+    """Weights: Hugging Face repo id, folder with config.json + model.safetensors, .safetensors file, random:CONFIG."""
+    process_res: int | None = None
+    """Longest side, in pixels, of the images the network sees (then rounded to multiples of 14)
+    (default: the model's own: 504 for the official models, the training resolution for models trained here)."""
+    poses: Path | None = None
+    """Known cameras: a nerfstudio transforms.json (or its folder), matched by file name; outputs use its frame."""
+    overwrite: bool = False
+    """Write into a non-empty OUT, replacing the files of a previous run."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to run the model: auto picks cuda when available."""
+    video_stride: int = 1
+    """Video input: keep every N-th frame."""
+    max_frames: int | None = None
+    """Video input: keep at most this many frames (all when not given)."""
+    conf_percentile: float = DEFAULT_CONF_PERCENTILE
+    """points.ply keeps pixels whose confidence is at or above this percentile over all views."""
+    max_points: int = DEFAULT_MAX_POINTS
+    """points.ply holds at most this many points (random subset, fixed seed)."""
+    use_ray_pose: bool = False
+    """Cameras from the ray head's pose solver instead of the camera decoder (slower, often more accurate)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation (cheap, before any heavy work)
+
+
+def _check_config(cfg: PredictConfig) -> None:
+    if cfg.process_res is not None and cfg.process_res < 14:
+        raise InputError(f"--process-res must be at least 14, got {cfg.process_res}")
+    if cfg.video_stride < 1:
+        raise InputError(f"--video-stride must be at least 1, got {cfg.video_stride}")
+    if cfg.max_frames is not None and cfg.max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {cfg.max_frames}")
+    if not 0 <= cfg.conf_percentile < 100:
+        raise InputError(f"--conf-percentile must be in [0, 100), got {cfg.conf_percentile}")
+    if cfg.max_points < 1:
+        raise InputError(f"--max-points must be at least 1, got {cfg.max_points}")
+
+
+def _check_no_clobber(image_paths: list[Path], names: list[str], out: Path) -> None:
+    inputs = {os.path.realpath(p) for p in image_paths}
+    for name in names:
+        for rel in (f"images/{name}.png", f"depth/{name}.png", f"confidence/{name}.png"):
+            if os.path.realpath(out / rel) in inputs:
+                raise InputError(f"writing {out / rel} would overwrite an input image; choose another output folder")
+
+
+def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
+    """Run ``da3-splat predict``; returns the prediction.json summary. User errors raise InputError/WeightsError.
+
+    Everything that can be checked cheaply (input, output folder, poses file, file-name matching) is checked
+    before the model loads; images are decoded after it, so a bad weight source fails fast too.
+    """
+    from rich.console import Console
+
+    console = console or Console(stderr=True, soft_wrap=True)
+    out_console = out_console or Console(soft_wrap=True, highlight=False)
+    t_start = time.perf_counter()
+    _check_config(cfg)
+    model, pred, names, device, timings = run_model_on_inputs(
+        cfg, _check_no_clobber, console, use_ray_pose=cfg.use_ray_pose
+    )
+
+    from da3_splat.export import write_prediction
+
+    summary = {
+        "model": cfg.model,
+        "model_name": model.config.model_name,
+        "input": str(cfg.input),
+        "device": device,
+        "process_res": model.process_res_for(cfg.process_res),
+        "poses": None if cfg.poses is None else str(cfg.poses),
+        "use_ray_pose": cfg.use_ray_pose,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    with progress_bar(console) as bar:
+        task = bar.add_task("Writing outputs", total=pred.num_views + (3 if pred.extrinsics is not None else 1))
+        info = write_prediction(
+            pred,
+            cfg.output,
+            names,
+            conf_percentile=cfg.conf_percentile,
+            max_points=cfg.max_points,
+            summary=summary,
+            progress=lambda step: bar.advance(task),
+        )
+    report(info, cfg.output, time.perf_counter() - t_start, out_console)
+    return info
+
+
+def report(info: dict, out: Path, seconds: float, console) -> None:
+    H, W = info["processed_size"]
+    if info.get("poses"):
+        units = "the units of the given poses"
+    else:
+        units = "metres" if info["is_metric"] else "relative units (scale is arbitrary)"
+    console.print(
+        f"[green]Done:[/] {info['num_views']} view(s) at {W}x{H} in {seconds:.1f} s "
+        f"(inference {info['timings_s']['inference']:.1f} s); depth in {units}",
+        highlight=False,
+    )
+    rows = [
+        ("images/", "the processed input images"),
+        ("depth/", "depth + confidence per view (.npz), colourised depth (.png)"),
+        ("confidence/", "confidence maps (.png)"),
+    ]
+    if info["has_cameras"]:
+        rows += [
+            ("transforms.json", f"cameras, nerfstudio convention (ns-train splatfacto --data {out})"),
+            (
+                "points.ply",
+                f"{info['num_points']:,} coloured points (confidence >= {info['conf_percentile']:g}th pct.)",
+            ),
+        ]
+    rows.append(("prediction.json", "summary and timings"))
+    console.print(f"Outputs in [bold]{out}[/]:", highlight=False)
+    for name, what in rows:
+        console.print(f"  {name:<16} {what}", highlight=False)

@@ -1,0 +1,162 @@
+"""The inputs of predict, splat and the live viewer: images, a folder or a video, their file names, their known
+cameras (a nerfstudio transforms.json) and the model, checked in the order that fails fastest.
+
+``cfg`` below is any command config with ``input``, ``output``, ``overwrite``, ``poses``, ``model``, ``device``,
+``video_stride`` and ``max_frames``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from da3_splat.errors import DEBUG_ENV, InputError
+from da3_splat.files import check_output_dir
+from da3_splat.progress import progress_bar, status
+from da3_splat.runtime import DEFAULT_MODEL, load_model, resolve_device
+
+
+def input_kind(path: Path) -> str:
+    """'video', 'images' (a folder or one image file); raises InputError for anything else."""
+    from da3_splat.model.preprocess import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+    if path.is_dir():
+        return "images"
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    if suffix in IMAGE_EXTENSIONS:
+        return "images"
+    kinds = " ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))
+    raise InputError(f"unsupported input {path}: expected a folder, an image or a video ({kinds})")
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """File stems, made unique (a.jpg and a.png become a_jpg and a_png; any clash left gets a number)."""
+    counts = Counter(p.stem for p in paths)
+    names = [p.stem if counts[p.stem] == 1 else p.name.replace(".", "_") for p in paths]
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        while names[i] in seen:
+            names[i] = f"{name}_{i}"
+            name = names[i]
+        seen.add(names[i])
+    return names
+
+
+def video_frame_names(n: int) -> list[str]:
+    return [f"frame_{i + 1:05d}" for i in range(n)]
+
+
+def match_poses(poses_file, names: list[str], image_paths: list[Path] | None, sizes: list[tuple[int, int]]):
+    """Cameras of a transforms.json for each input -> (w2c (S,4,4), K (S,3,3) at the inputs' sizes, warnings)."""
+    from da3_splat.data.transforms import match_frames, read_transforms, select_cameras, transforms_file
+
+    poses = read_transforms(poses_file)
+    idx = match_frames(poses[0], names, image_paths, transforms_file(poses_file))
+    return select_cameras(poses, idx, names, sizes)
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def prepare_inputs(cfg, check_outputs):
+    """What predict and splat check before the model loads -> (image paths, names, poses, device).
+
+    The input (images, a folder or a video), the output folder, ``check_outputs(paths, names, out)`` (that no
+    output would replace an input) and that every image has a camera in ``cfg.poses``; paths and names are None
+    for a video (its frames are named once decoded)."""
+    from da3_splat.data.transforms import match_frames, read_transforms, transforms_file
+    from da3_splat.model.preprocess import list_images
+
+    kind = input_kind(cfg.input)
+    check_output_dir(cfg.output, cfg.overwrite)
+    paths = names = None
+    if kind == "images":
+        paths = list_images(cfg.input)
+        names = unique_names(paths)
+        check_outputs(paths, names, cfg.output)
+    poses = read_transforms(cfg.poses) if cfg.poses is not None else None
+    if poses is not None and names is not None:
+        match_frames(poses[0], names, paths, transforms_file(cfg.poses))
+    return paths, names, poses, resolve_device(cfg.device)
+
+
+def load_inputs(cfg, paths, names, poses, console):
+    """Decode the inputs and pick their cameras -> (images, names, extrinsics or None, intrinsics or None)."""
+    from da3_splat.data.transforms import match_frames, select_cameras, transforms_file
+
+    images = decode_inputs(cfg, paths, console)
+    names = names or video_frame_names(len(images))
+    extrinsics = intrinsics = None
+    if poses is not None:
+        idx = match_frames(poses[0], names, paths, transforms_file(cfg.poses))
+        extrinsics, intrinsics, warnings = select_cameras(poses, idx, names, [im.shape[:2] for im in images])
+        for w in warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    return images, names, extrinsics, intrinsics
+
+
+def load_model_and_inputs(cfg, paths, names, poses, device: str, console, needs_cameras: str | None = None):
+    """Load the model, then decode the inputs (so a bad weight source fails before the slow part); ->
+    model, (images, names, extrinsics, intrinsics), timings. ``needs_cameras``: the command's name, when it
+    refuses models that predict no cameras."""
+    t0 = time.perf_counter()
+    with status(console, f"Loading model {cfg.model} ..."):
+        model = load_model(cfg.model, device, console)
+    if needs_cameras and not model.has_cameras:
+        raise InputError(
+            f"{model.config.model_name} predicts no cameras; {needs_cameras} needs an any-view model "
+            f"(e.g. {DEFAULT_MODEL})"
+        )
+    timings = {"load_model": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    inputs = load_inputs(cfg, paths, names, poses, console)
+    timings["load_inputs"] = time.perf_counter() - t0
+    return model, inputs, timings
+
+
+def decode_inputs(cfg, paths: list[Path] | None, console) -> list:
+    """RGB uint8 arrays of the images ``paths``, or of the video's kept frames when ``paths`` is None."""
+    from da3_splat.model.preprocess import load_image, read_video_frames
+
+    if paths is None:
+        if os.environ.get(DEBUG_ENV, "") in ("", "0"):
+            os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own messages; we report one line
+        with status(console, f"Decoding {cfg.input.name} ..."):
+            return read_video_frames(cfg.input, max_frames=cfg.max_frames, stride=cfg.video_stride)
+    with progress_bar(console) as bar, ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+        task = bar.add_task("Loading images", total=len(paths))
+        images = []
+        for img in pool.map(load_image, paths):
+            images.append(img)
+            bar.advance(task)
+    return images
+
+
+def run_model_on_inputs(cfg, check_outputs, console, needs_cameras: str | None = None, gaussians: bool = False, **kw):
+    """The pipeline predict and splat share: check the inputs (:func:`prepare_inputs`), load the model, decode
+    the inputs and run DA3 on them (with the GS head when ``gaussians`` and the model has one); ``kw`` go to
+    ``infer``. -> (model, prediction, view names, device, timings in seconds)."""
+    paths, names, poses, device = prepare_inputs(cfg, check_outputs)
+    model, (images, names, extrinsics, intrinsics), timings = load_model_and_inputs(
+        cfg, paths, names, poses, device, console, needs_cameras=needs_cameras
+    )
+    t0 = time.perf_counter()
+    with status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):
+        pred = model.infer(
+            images,
+            extrinsics=extrinsics,
+            intrinsics=intrinsics,
+            process_res=cfg.process_res,
+            infer_gs=gaussians and model.has_gs_head,
+            **kw,
+        )
+    timings["inference"] = time.perf_counter() - t0
+    return model, pred, names, device, timings
