@@ -48,7 +48,10 @@ class DA3Output:
         return getattr(self, name) if name in self else default
 
     def keys(self) -> list[str]:
-        return [f for f in _FIELDS if getattr(self, f) is not None]
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def items(self) -> list[tuple[str, object]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
 
 
 _FIELDS = frozenset(f.name for f in fields(DA3Output))
