@@ -11,7 +11,6 @@ from plyfile import PlyData
 
 from da3_splat.data.transforms import read_transforms
 from da3_splat.export import (
-    atomic_write,
     colorize_depth,
     confident_world_points,
     write_point_cloud_ply,
@@ -141,16 +140,3 @@ def test_write_prediction_without_cameras(tmp_path):
 def test_write_prediction_needs_distinct_names(tmp_path):
     with pytest.raises(ValueError):
         write_prediction(_prediction(), tmp_path, ["a", "a", "b"])
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    target = tmp_path / "f.bin"
-    atomic_write(target, lambda f: f.write(b"old"))
-
-    def boom(f):
-        f.write(b"partial")
-        raise RuntimeError("disk on fire")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(target, boom)
-    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]

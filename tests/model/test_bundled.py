@@ -2,7 +2,6 @@
 head beats a randomly initialised copy by a wide margin on scenes it never saw)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,9 @@ from da3_splat.eval_protocol import evaluate_scene
 from da3_splat.model import DA3
 from da3_splat.model.weights import BUNDLED_DIR
 from da3_splat.nvs import SceneBatch
+from da3_splat.runtime import CONFIG_DIR
 
 NAME = "da3-tiny-synthetic"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_loads_by_name_and_is_small():
@@ -24,9 +23,9 @@ def test_loads_by_name_and_is_small():
     assert (files / "model.safetensors").stat().st_size < 20 * 2**20
     model = DA3.from_pretrained(NAME)
     assert model.config.model_name == NAME and model.has_gs_head and model.has_cameras
-    # The architecture is the one configs/ trains (stage 1 arch + the stage 2 NVS head).
-    arch = json.loads((ROOT / "configs" / "arch" / "da3-tiny.json").read_text())
-    nvs = json.loads((ROOT / "configs" / "tiny-synthetic.json").read_text())["model"]
+    # The architecture is the one da3_splat/configs/ trains (stage 1 arch + the stage 2 NVS head).
+    arch = json.loads((CONFIG_DIR / "arch" / "da3-tiny.json").read_text())
+    nvs = json.loads((CONFIG_DIR / "tiny-synthetic.json").read_text())["model"]
     assert model.config.vit.dim == arch["vit"]["dim"] and model.config.vit.depth == arch["vit"]["depth"]
     assert model.config.gs_head.features == nvs["nvs_features"] and model.config.gs_sh_degree == nvs["sh_degree"]
     assert model.config.gs_plane_sweep == nvs.get("plane_sweep", False)

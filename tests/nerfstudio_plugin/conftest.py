@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MYDESK = Path(os.environ.get("DA3_SPLAT_MYDESK", REPO.parent / "shared" / "data" / "mydesk"))
-TINY_ARCH = REPO / "configs" / "arch" / "da3-tiny.json"
+TINY_ARCH = REPO / "da3_splat" / "configs" / "arch" / "da3-tiny.json"
 # Every run: CPU, no viewer server, no inductor compile of nerfstudio's helpers.
 CPU = ("--machine.device-type", "cpu", "--vis", "tensorboard")
 ENV = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
