@@ -31,15 +31,17 @@ def _subsample(values: Tensor, n: int, use_randperm: bool) -> Tensor:
 
 class DA3(nn.Module):
     """Depth Anything 3, any configuration. See :meth:`forward` for the network call and
-    :meth:`infer` (``da3_splat.model.inference``) for images in, numpy out."""
+    :meth:`infer` (``da3_splat.model.inference``) for images in, numpy out. A nested configuration builds a
+    :class:`NestedDA3` (``DA3(config)`` and the loaders pick the class from the configuration)."""
+
+    def __new__(cls, config: DA3Config | None = None, *args, **kwargs):
+        if cls is DA3 and config is not None and config.is_nested:
+            cls = NestedDA3
+        return super().__new__(cls)
 
     def __init__(self, config: DA3Config, head_chunk: int = 8):
         super().__init__()
         self.config = config
-        if config.is_nested:
-            self.anyview = DA3(get_config(config.nested_anyview), head_chunk)
-            self.metric = DA3(get_config(config.nested_metric), head_chunk)
-            return
         self.backbone = DinoViT(config.vit)
         self.head = DPTHead(config.head, config.head_dim_in, head_chunk)
         if config.camera:
@@ -91,11 +93,11 @@ class DA3(nn.Module):
 
     @property
     def has_gs_head(self) -> bool:
-        return (self.anyview if self.config.is_nested else self).config.gs_head is not None
+        return self.config.gs_head is not None
 
     @property
     def has_cameras(self) -> bool:
-        return (self.anyview if self.config.is_nested else self).config.camera
+        return self.config.camera
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(
@@ -124,10 +126,6 @@ class DA3(nn.Module):
         the NVS head's (:mod:`da3_splat.model.nvs_head`); it runs here so that a DDP wrapper sees the whole
         pass. ``keep_features`` keeps the backbone features in the output.
         """
-        if self.config.is_nested:
-            return self._forward_nested(
-                x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs, return_rays
-            )
         if x.dim() != 5:
             raise ValueError(f"expected images of shape (B, S, 3, H, W), got {tuple(x.shape)}")
         H, W = x.shape[-2:]
@@ -184,8 +182,41 @@ class DA3(nn.Module):
             conf = torch.where(non_sky, conf, torch.ones_like(conf))
         return depth, conf
 
-    def _forward_nested(self, x, extrinsics, intrinsics, ref_view_strategy, use_ray_pose, infer_gs, return_rays):
-        # The Gaussians come from the any-view pass, before the metric alignment (as in the official model).
+
+class NestedDA3(DA3):
+    """DA3's nested model: an any-view model composed with a metric model whose depth sets the scale."""
+
+    def __init__(self, config: DA3Config, head_chunk: int = 8):
+        nn.Module.__init__(self)
+        self.config = config
+        self.anyview = DA3(get_config(config.nested_anyview), head_chunk)
+        self.metric = DA3(get_config(config.nested_metric), head_chunk)
+
+    @property
+    def has_gs_head(self) -> bool:
+        return self.anyview.has_gs_head
+
+    @property
+    def has_cameras(self) -> bool:
+        return self.anyview.has_cameras
+
+    def forward(
+        self,
+        x: Tensor,
+        extrinsics: Tensor | None = None,
+        intrinsics: Tensor | None = None,
+        *,
+        ref_view_strategy: str | None = None,
+        use_ray_pose: bool = False,
+        infer_gs: bool = False,
+        return_rays: bool = True,
+        gs_cameras: tuple[Tensor, Tensor] | None = None,
+        keep_features: bool = False,
+    ) -> DA3Output:
+        """The any-view pass (see :meth:`DA3.forward`), its depth and camera translations scaled to metres by the
+        metric model's depth (``scale_factor``) and its sky filled. The Gaussians come from the any-view pass,
+        before the metric alignment, placed with its predicted cameras (as in the official model);
+        ``gs_cameras`` and ``keep_features`` are not used."""
         out = self.anyview(
             x,
             extrinsics,

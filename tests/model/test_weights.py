@@ -195,3 +195,17 @@ def test_registered_config_roundtrips(tmp_path):
     loaded = DA3.from_pretrained(tmp_path)
     assert loaded.config == cfg
     _same(model, loaded)
+
+
+def test_a_nested_config_builds_the_composed_nested_model():
+    from da3_splat.model.da3 import NestedDA3
+
+    with torch.device("meta"):
+        nested = DA3.from_config("da3nested-giant-large")
+        single = DA3.from_config("da3-giant")
+    assert type(nested) is NestedDA3 and type(single) is DA3
+    assert type(nested.anyview) is DA3 and type(nested.metric) is DA3 and not hasattr(nested, "backbone")
+    assert nested.has_cameras and nested.has_gs_head == single.has_gs_head
+    # The official checkpoint layout: the any-view model's keys, then the metric model's, under their prefixes.
+    prefixes = {k.split(".")[0] for k in nested.state_dict()}
+    assert prefixes == {"anyview", "metric"}
