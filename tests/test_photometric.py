@@ -173,7 +173,7 @@ def test_plane_sweep_one_view(room):
 
 
 def test_plane_sweep_head_starts_from_the_swept_depth(room):
-    """gs_plane_sweep: the head reads 3 more channels, the Gaussians sit at the swept depth (times the head's
+    """gs_head.plane_sweep: the head reads 3 more channels, the Gaussians sit at the swept depth (times the head's
     offset, zeroed here), and the swept depth is returned for the head-free comparison."""
     from da3_splat.model.preprocess import normalize_float
 

@@ -41,21 +41,45 @@ class DPTConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GSHeadConfig:
+    """The GS head: its DPT network and how its raw channels become Gaussians (``model/gs_adapter.py``)."""
+
+    dpt: DPTConfig
+    sh_degree: int = 2
+    planar_depth: bool = False  # adapter reads depth as z-depth (da3-splat NVS heads) or as ray distance (official)
+    # Largest Gaussian std in units of 0.1 pixel footprint (the official adapter's 30, i.e. 3 px). da3-splat NVS heads
+    # use NVS_SCALE_MAX (1 px): their Gaussians are one per pixel of the input, and the CPU renderer's cost grows
+    # with each splat's area, so a head free to reach 3 px splats makes training steps several times dearer.
+    scale_max: float = 30.0
+    # Optionally, an NVS head's colour is a residual on the input pixel's colour (the official head predicts it
+    # outright); a small head then need not learn the texture, though on da3-tiny-synthetic it did not help.
+    rgb_shortcut: bool = False
+    # The depth-offset channel: added to the depth (official adapter) or, for da3-splat NVS heads, a log factor on
+    # it (depth * exp(offset)), so one head corrects depth alike at any scene scale.
+    log_depth_offset: bool = False
+    # da3-splat NVS heads can start from a plane sweep around the predicted depth (photometric.plane_sweep, in the
+    # cameras the Gaussians are placed with): the Gaussians sit at the swept depth, times the head's log-factor
+    # offset, and the head reads the sweep's factor and costs beside the image to judge where to trust it.
+    plane_sweep: bool = False
+
+    @staticmethod
+    def from_dict(d: dict, flat: dict | None = None) -> GSHeadConfig:
+        """From ``to_dict``'s form ({"dpt": {...}, "sh_degree": ...}) or, for config.json files written before
+        this sub-config existed, from the DPT fields with the settings given ``flat`` (``gs_sh_degree``, ...)."""
+        names = {f.name for f in fields(GSHeadConfig)} - {"dpt"}
+        if "dpt" in d:
+            return GSHeadConfig(dpt=DPTConfig(**_tuples(d["dpt"], DPTConfig)), **{k: d[k] for k in names & d.keys()})
+        settings = {k[3:]: v for k, v in (flat or {}).items() if k.startswith("gs_") and k[3:] in names}
+        return GSHeadConfig(dpt=DPTConfig(**_tuples(d, DPTConfig)), **settings)
+
+
+@dataclass(frozen=True, kw_only=True)
 class DA3Config:
     model_name: str
     vit: ViTConfig = field(default_factory=ViTConfig)
     head: DPTConfig = field(default_factory=DPTConfig)
     camera: bool = True  # camera encoder (pose conditioning) + camera decoder
-    gs_head: DPTConfig | None = None
-    gs_sh_degree: int = 2
-    gs_planar_depth: bool = False  # adapter reads depth as z-depth (da3-splat NVS heads) or as ray distance (official)
-    # Largest Gaussian std in units of 0.1 pixel footprint (the official adapter's 30, i.e. 3 px). da3-splat NVS heads
-    # use NVS_SCALE_MAX (1 px): their Gaussians are one per pixel of the input, and the CPU renderer's cost grows
-    # with each splat's area, so a head free to reach 3 px splats makes training steps several times dearer.
-    gs_scale_max: float = 30.0
-    # Optionally, an NVS head's colour is a residual on the input pixel's colour (the official head predicts it
-    # outright); a small head then need not learn the texture, though on da3-tiny-synthetic it did not help.
-    gs_rgb_shortcut: bool = False
+    gs_head: GSHeadConfig | None = None  # the Gaussian head and its adapter settings (official giant; NVS heads)
     # Longest image side the model sees unless told otherwise (infer's default): the official models' 504, the
     # training resolution for models trained with da3-splat (a small model trained at 224 px misjudges depth at 504).
     process_res: int = 504
@@ -67,13 +91,6 @@ class DA3Config:
     # the first da3-tiny-synthetic weights, trained in the camera-normalised frame, were off by a median x1.77);
     # "cameras+photometric": the first, then the second around it. false / "none": off.
     posed_depth_calibration: bool | str = False
-    # The GS head's depth-offset channel: added to the depth (official adapter) or, for da3-splat NVS heads, a log
-    # factor on it (depth * exp(offset)), so one head corrects depth alike at any scene scale.
-    gs_log_depth_offset: bool = False
-    # da3-splat NVS heads can start from a plane sweep around the predicted depth (photometric.plane_sweep, in the
-    # cameras the Gaussians are placed with): the Gaussians sit at the swept depth, times the head's log-factor
-    # offset, and the head reads the sweep's factor and costs beside the image to judge where to trust it.
-    gs_plane_sweep: bool = False
     # The reference-view rule forward/infer use when the caller names none (pose-free, S >= 3): the official models'
     # "saddle_balanced"; models trained here with ``--reference-view first`` predict in the first view's frame.
     ref_view_strategy: str = "saddle_balanced"
@@ -108,7 +125,7 @@ class DA3Config:
         vit = ViTConfig(**_tuples(d.pop("vit", {}), ViTConfig))
         head = DPTConfig(**_tuples(d.pop("head", {}), DPTConfig))
         gs = d.pop("gs_head", None)
-        gs = DPTConfig(**_tuples(gs, DPTConfig)) if gs else None
+        gs = GSHeadConfig.from_dict(gs, flat=d) if gs else None
         known = {f.name for f in fields(DA3Config)}
         return DA3Config(vit=vit, head=head, gs_head=gs, **{k: v for k, v in d.items() if k in known})
 
@@ -153,7 +170,9 @@ CONFIGS: dict[str, DA3Config] = {
         13,
         256,
         _LARGE_OC,
-        gs=DPTConfig(kind="gs", features=256, out_channels=_LARGE_OC, output_dim=38, sky=False, pos_embed=True),
+        gs=GSHeadConfig(
+            dpt=DPTConfig(kind="gs", features=256, out_channels=_LARGE_OC, output_dim=38, sky=False, pos_embed=True)
+        ),
     ),
     "da3metric-large": DA3Config(
         model_name="da3metric-large",
@@ -213,17 +232,16 @@ def with_nvs_head(
         pos_embed=True,
         extra_inputs=extra,
     )
-    return replace(
-        config,
-        gs_head=head,
-        gs_sh_degree=sh_degree,
-        gs_planar_depth=True,
-        gs_scale_max=NVS_SCALE_MAX,
-        gs_log_depth_offset=True,
-        gs_rgb_shortcut=rgb_shortcut,
-        gs_plane_sweep=plane_sweep,
-        model_name=model_name or config.model_name,
+    gs = GSHeadConfig(
+        dpt=head,
+        sh_degree=sh_degree,
+        planar_depth=True,
+        scale_max=NVS_SCALE_MAX,
+        log_depth_offset=True,
+        rgb_shortcut=rgb_shortcut,
+        plane_sweep=plane_sweep,
     )
+    return replace(config, gs_head=gs, model_name=model_name or config.model_name)
 
 
 def register_config(config: DA3Config) -> None:

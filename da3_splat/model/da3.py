@@ -48,7 +48,7 @@ class DA3(nn.Module):
             self.cam_enc = CameraEncoder(config.vit.dim)
             self.cam_dec = CameraDecoder(config.head_dim_in)
         if config.gs_head is not None:
-            self.gs_head = DPTHead(config.gs_head, config.head_dim_in, head_chunk)
+            self.gs_head = DPTHead(config.gs_head.dpt, config.head_dim_in, head_chunk)
 
     # -- construction / weights (implemented in weights.py, exposed here as the public API) ---------------
     @classmethod
@@ -84,7 +84,7 @@ class DA3(nn.Module):
             self.config, features, sh_degree, rgb_shortcut=rgb_shortcut, plane_sweep=plane_sweep
         )
         p = next(self.parameters())
-        self.gs_head = DPTHead(self.config.gs_head, self.config.head_dim_in, self.head.chunk).to(p)
+        self.gs_head = DPTHead(self.config.gs_head.dpt, self.config.head_dim_in, self.head.chunk).to(p)
         return self
 
     def process_res_for(self, requested: int | None) -> int:

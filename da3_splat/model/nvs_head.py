@@ -64,7 +64,7 @@ def predict_gaussians(
     with _fp32(x.device.type):
         w2c, K = cameras if cameras is not None else (out.extrinsics, out.intrinsics)
         head_in, depth, rgb = x.float(), out.depth, denormalize(x.float())
-        if config.gs_plane_sweep:
+        if config.gs_head.plane_sweep:
             from da3_splat.photometric import plane_sweep, plane_sweep_features
 
             sweeps = [
@@ -74,7 +74,7 @@ def predict_gaussians(
             head_in = torch.cat([head_in, torch.stack([plane_sweep_features(s) for s in sweeps])], dim=2)
             depth = out.swept_depth = depth * log_factor.exp()
         gs = model.gs_head(out.features, H, W, images=head_in)
-        colors = rgb.permute(0, 1, 3, 4, 2) if config.gs_rgb_shortcut else None
+        colors = rgb.permute(0, 1, 3, 4, 2) if config.gs_head.rgb_shortcut else None
         return raw_to_gaussians(
             gs["raw"],
             gs["opacity"],
@@ -82,11 +82,11 @@ def predict_gaussians(
             w2c,
             K,
             gt_extrinsics=None if cameras is not None else gt_extrinsics,
-            sh_degree=config.gs_sh_degree,
-            planar_depth=config.gs_planar_depth,
-            scale_max=config.gs_scale_max,
+            sh_degree=config.gs_head.sh_degree,
+            planar_depth=config.gs_head.planar_depth,
+            scale_max=config.gs_head.scale_max,
             colors=colors,
-            log_depth_offset=config.gs_log_depth_offset,
+            log_depth_offset=config.gs_head.log_depth_offset,
         )
 
 

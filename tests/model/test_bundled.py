@@ -27,8 +27,10 @@ def test_loads_by_name_and_is_small():
     arch = json.loads((CONFIG_DIR / "arch" / "da3-tiny.json").read_text())
     nvs = json.loads((CONFIG_DIR / "tiny-synthetic.json").read_text())["model"]
     assert model.config.vit.dim == arch["vit"]["dim"] and model.config.vit.depth == arch["vit"]["depth"]
-    assert model.config.gs_head.features == nvs["nvs_features"] and model.config.gs_sh_degree == nvs["sh_degree"]
-    assert model.config.gs_plane_sweep == nvs.get("plane_sweep", False)
+    assert (
+        model.config.gs_head.dpt.features == nvs["nvs_features"] and model.config.gs_head.sh_degree == nvs["sh_degree"]
+    )
+    assert model.config.gs_head.plane_sweep == nvs.get("plane_sweep", False)
     assert 2e6 < sum(p.numel() for p in model.parameters()) < 5e6
 
 

@@ -8,8 +8,8 @@ from da3_splat.model.config import get_config, gs_head_channels, with_nvs_head
 
 def test_nvs_head_width_follows_backbone_and_round_trips(tmp_path):
     cfg = with_nvs_head(get_config("da3-base"), features=64, sh_degree=1)
-    assert cfg.gs_head.features == 64 and cfg.gs_head.output_dim == gs_head_channels(1) == 23
-    assert cfg.gs_head.out_channels == (48, 96, 192, 384)  # base head channels scaled by 64/128
+    assert cfg.gs_head.dpt.features == 64 and cfg.gs_head.dpt.output_dim == gs_head_channels(1) == 23
+    assert cfg.gs_head.dpt.out_channels == (48, 96, 192, 384)  # base head channels scaled by 64/128
 
     torch.manual_seed(0)
     m = DA3.from_config("da3-small").add_nvs_head(features=32, sh_degree=1)
@@ -49,8 +49,8 @@ def test_scale_range_is_the_configs():
     from da3_splat.model.config import NVS_SCALE_MAX
     from da3_splat.model.gs_adapter import SCALE_MAX, num_raw_channels, raw_to_gaussians
 
-    assert with_nvs_head(get_config("da3-small")).gs_scale_max == NVS_SCALE_MAX < SCALE_MAX
-    assert get_config("da3-giant").gs_scale_max == SCALE_MAX  # the official GS head keeps the official range
+    assert with_nvs_head(get_config("da3-small")).gs_head.scale_max == NVS_SCALE_MAX < SCALE_MAX
+    assert get_config("da3-giant").gs_head.scale_max == SCALE_MAX  # the official GS head keeps the official range
     B, S, H, W = 1, 1, 4, 6
     raw = torch.zeros(B, S, H, W, num_raw_channels(0))
     raw[..., 2:5] = 50.0  # scale logits saturated: every scale at the top of its range
@@ -67,8 +67,11 @@ def test_rgb_shortcut_makes_the_colour_a_residual_on_the_input_pixel():
     from da3_splat.model.gs_adapter import num_raw_channels, raw_to_gaussians
     from da3_splat.sh import SH2RGB
 
-    assert with_nvs_head(get_config("da3-small"), rgb_shortcut=True).gs_rgb_shortcut
-    assert not with_nvs_head(get_config("da3-small")).gs_rgb_shortcut and not get_config("da3-giant").gs_rgb_shortcut
+    assert with_nvs_head(get_config("da3-small"), rgb_shortcut=True).gs_head.rgb_shortcut
+    assert (
+        not with_nvs_head(get_config("da3-small")).gs_head.rgb_shortcut
+        and not get_config("da3-giant").gs_head.rgb_shortcut
+    )
     torch.manual_seed(2)
     B, S, H, W = 1, 2, 3, 5
     raw = torch.randn(B, S, H, W, num_raw_channels(1))

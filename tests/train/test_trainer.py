@@ -127,7 +127,7 @@ def test_plane_sweep_head_trains_against_gt_depth(scenes, arch, tmp_path):
     steps = [x for x in lines if "nvs/mse" in x]
     assert len(steps) == 2 and all(x["nvs/gt_depth"] > 0 and "nvs/depth" not in x for x in steps)
     model = DA3.from_pretrained(str(tmp_path / "sweep" / "model"))
-    assert model.config.gs_plane_sweep and model.gs_head.images_merger[0].in_channels == 6
+    assert model.config.gs_head.plane_sweep and model.gs_head.images_merger[0].in_channels == 6
 
 
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(scenes, arch, tmp_path):
