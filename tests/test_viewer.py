@@ -332,7 +332,7 @@ def test_cli_user_errors(tmp_path, capsys, args, match):
 def test_missing_viser_is_a_user_error(monkeypatch):
     import sys
 
-    from da3_splat.viewer.app import import_viser
+    from da3_splat.viewer.display import import_viser
 
     monkeypatch.setitem(sys.modules, "viser", None)  # makes `import viser` raise ImportError
     with pytest.raises(InputError, match=r'pip install -e "\.\[viewer\]"'):

@@ -206,26 +206,15 @@ class NestedDA3(DA3):
         extrinsics: Tensor | None = None,
         intrinsics: Tensor | None = None,
         *,
-        ref_view_strategy: str | None = None,
-        use_ray_pose: bool = False,
-        infer_gs: bool = False,
-        return_rays: bool = True,
         gs_cameras: tuple[Tensor, Tensor] | None = None,
         keep_features: bool = False,
+        **options,
     ) -> DA3Output:
-        """The any-view pass (see :meth:`DA3.forward`), its depth and camera translations scaled to metres by the
-        metric model's depth (``scale_factor``) and its sky filled. The Gaussians come from the any-view pass,
-        before the metric alignment, placed with its predicted cameras (as in the official model);
-        ``gs_cameras`` and ``keep_features`` are not used."""
-        out = self.anyview(
-            x,
-            extrinsics,
-            intrinsics,
-            ref_view_strategy=ref_view_strategy,
-            use_ray_pose=use_ray_pose,
-            infer_gs=infer_gs,
-            return_rays=return_rays,
-        )
+        """The any-view pass (:meth:`DA3.forward`, ``options`` are its flags), its depth and camera translations
+        scaled to metres by the metric model's depth (``scale_factor``) and its sky filled. The Gaussians come
+        from the any-view pass, before the metric alignment, placed with its predicted cameras (as in the
+        official model); ``gs_cameras`` and ``keep_features`` are not used."""
+        out = self.anyview(x, extrinsics, intrinsics, **options)
         metric = self.metric(x)
         with _fp32(x.device.type):
             K = out.intrinsics
