@@ -11,6 +11,7 @@ Conventions used across da3-splat:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -284,6 +285,35 @@ def umeyama(src: Tensor, dst: Tensor, weights: Tensor | None = None, with_scale:
     s = (D * E.diagonal()).sum() / var_s.clamp(min=1e-12) if with_scale else torch.ones((), dtype=src.dtype)
     t = mu_d - s * R @ mu_s
     return R.to(dtype), t.to(dtype), s.to(dtype)
+
+
+def umeyama_ransac(src: Tensor, dst: Tensor, iters: int = 10, seed: int = 42):
+    """``umeyama`` robust to outlier pairs, the way DA3's API aligns predicted cameras with 10+ given ones.
+
+    ``iters`` fits on random halves (numpy's default_rng(seed), so runs repeat) score their inliers: pairs
+    within the median nearest-neighbour distance after a fit on all pairs. The most inliers (then the lowest
+    mean error) win and are refitted; returns (R, t, s) as ``umeyama``.
+    """
+    n = src.shape[0]
+    if n < 3:
+        return umeyama(src, dst)
+    best = umeyama(src, dst)
+    moved = best[2] * src.double() @ best[0].double().T + best[1].double()
+    threshold = float(np.median(torch.cdist(moved, dst.double()).min(dim=1).values.numpy()))
+    rng = np.random.default_rng(seed)
+    best_inliers, best_score = None, (-1, float("inf"))
+    for _ in range(iters):
+        pick = torch.from_numpy(rng.choice(n, size=max(3, (n + 1) // 2), replace=False))
+        R, t, s = umeyama(src[pick], dst[pick])
+        err = (s * src @ R.T + t - dst).norm(dim=-1)
+        inliers = err <= threshold
+        count = int(inliers.sum())
+        score = (count, float(err[inliers].mean()) if count else float("inf"))
+        if score[0] > best_score[0] or (score[0] == best_score[0] and score[1] < best_score[1]):
+            best, best_inliers, best_score = (R, t, s), inliers, score
+    if best_inliers is not None and int(best_inliers.sum()) >= 3:
+        return umeyama(src[best_inliers], dst[best_inliers])
+    return best
 
 
 def baseline_scale(pred_w2c: Tensor, ref_w2c: Tensor) -> Tensor:

@@ -10,10 +10,18 @@ import torch
 
 from da3_splat.errors import InputError
 from da3_splat.gaussians import Gaussians
-from da3_splat.geometry import as_homogeneous, camera_centers, normalization_sim3, normalize_extrinsics, umeyama
+from da3_splat.geometry import (
+    as_homogeneous,
+    camera_centers,
+    normalization_sim3,
+    normalize_extrinsics,
+    umeyama,
+    umeyama_ransac,
+)
 from da3_splat.model.preprocess import preprocess
 
 MIN_VIEWS_FOR_UMEYAMA = 3  # fewer camera centres cannot fix a similarity transform
+MIN_VIEWS_FOR_RANSAC = 10  # from here on the fit ignores outlier cameras, as the official API does
 
 
 @dataclass
@@ -49,11 +57,16 @@ def autocast_for(device: torch.device):
 
 def _sim3_to_input(pred_w2c: torch.Tensor, w2c_in: torch.Tensor):
     """Similarity (R, t, s) from the predicted world frame to the caller's: Umeyama on the camera centres when
-    there are enough views, else the exact inverse of the pose normalisation the model was conditioned on."""
-    if pred_w2c.shape[1] >= MIN_VIEWS_FOR_UMEYAMA:
-        R, t, s = umeyama(camera_centers(pred_w2c[0].double()), camera_centers(w2c_in[0].double()))
+    there are enough views, else the exact inverse of the pose normalisation the model was conditioned on.
+
+    As DA3's API, the fit runs from the caller's centres to the predicted ones and is then inverted (a
+    least-squares scale is not symmetric in its two point sets, so the direction changes the depth scale)."""
+    views = pred_w2c.shape[1]
+    if views >= MIN_VIEWS_FOR_UMEYAMA:
+        fit = umeyama_ransac if views >= MIN_VIEWS_FOR_RANSAC else umeyama
+        R, t, s = fit(camera_centers(w2c_in[0].double()), camera_centers(pred_w2c[0].double()))
         if torch.isfinite(s) and s > 0:
-            return R.float(), t.float(), s.float()
+            return R.T.float(), (-(R.T @ t) / s).float(), (1 / s).float()
     return normalization_sim3(w2c_in)
 
 
