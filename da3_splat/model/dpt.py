@@ -53,7 +53,8 @@ class ResidualConvUnit(nn.Module):
         self.conv2 = nn.Conv2d(f, f, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+        # In place on the convolutions' fresh outputs (autograd-safe): same values, two fewer full-size maps.
+        return self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True)).add_(x)
 
 
 class FusionBlock(nn.Module):
@@ -178,7 +179,9 @@ class DPTHead(nn.Module):
         aspect = W / H
         layers = []
         for k, f in enumerate(feats):
-            x = self.norm(f).permute(0, 2, 1).reshape(f.shape[0], -1, h, w)
+            # (n, P, C) tokens viewed as an NCHW map in channels-last memory: no copy, and every convolution
+            # below runs in oneDNN's native layout (an NCHW map would be reordered at each of them).
+            x = self.norm(f).unflatten(1, (h, w)).permute(0, 3, 1, 2)
             x = self.projects[k](x)
             if self.cfg.pos_embed:
                 x = add_uv_embedding(x, aspect)

@@ -63,24 +63,19 @@ def world_quats(raw_quat: Tensor, R_c2w: Tensor) -> Tensor:
     return torch.where(stored[..., 3:] < 0, -stored, stored)
 
 
-def pose_alignment_scale(pred_w2c: Tensor, gt_w2c: Tensor, rank_tol: float = 1e-7) -> Tensor:
+def pose_alignment_scale(pred_w2c: Tensor, gt_w2c: Tensor) -> Tensor:
     """Per-sample Sim(3) (Umeyama) scale mapping predicted camera centres onto GT ones, (B,).
 
-    Mirrors upstream's use of ``evo``: the alignment is refused (scale 1) when the cross-covariance of the
-    centres has rank < 2, i.e. one view, two views, or collinear cameras. ``rank_tol`` is relative to the
-    largest singular value so the test does not depend on the scene's units.
+    Upstream fits it with ``evo``, which also aligns two views or collinear cameras (the scale, a ratio of
+    spreads, is defined there even though the rotation is not). Scale 1 for one view, coincident predicted
+    centres or a non-finite fit.
     """
     pred_c = camera_centers(pred_w2c.detach()).double()
     gt_c = camera_centers(gt_w2c.detach()).double()
     scales = []
     for src, dst in zip(pred_c, gt_c):
-        s = 1.0
-        if src.shape[0] >= 2:
-            cov = (dst - dst.mean(0)).T @ (src - src.mean(0)) / src.shape[0]
-            sv = torch.linalg.svdvals(cov)
-            if sv[0] > 0 and int((sv > rank_tol * sv[0]).sum()) >= 2:
-                s = float(umeyama(src, dst)[2])
-        scales.append(s)
+        spread = (src - src.mean(0)).square().sum()
+        scales.append(float(umeyama(src, dst)[2]) if src.shape[0] >= 2 and spread > 1e-18 else 1.0)
     out = torch.tensor(scales, dtype=pred_w2c.dtype, device=pred_w2c.device)
     return torch.nan_to_num(out, nan=1.0, posinf=1.0, neginf=1.0)
 

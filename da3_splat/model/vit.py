@@ -93,22 +93,26 @@ class Block(nn.Module):
 
 
 def rope_tables(pos: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """pos (N, 2) integer (row, col) -> cos, sin tables (N, head_dim)."""
+    """pos (N, 2) integer (row, col) -> cos and *signed* sin tables (N, head_dim).
+
+    The sin table carries rotate_half's signs ([-sin, sin] within each half), so ``apply_rope`` needs one
+    swap of quarters instead of two negations and a concatenation; the products are bitwise the same."""
     quarter = head_dim // 4
     inv_freq = 1.0 / base ** (torch.arange(quarter, dtype=torch.float32, device=pos.device) * 2 / (head_dim // 2))
     ang_y = pos[:, :1].float() * inv_freq  # (N, quarter)
     ang_x = pos[:, 1:].float() * inv_freq
     # Angles in fp32, cast to the q/k dtype before cos/sin (matters only under bf16).
     ang = torch.cat([ang_y, ang_y, ang_x, ang_x], dim=-1).to(dtype)
-    return ang.cos(), ang.sin()
+    sin = ang.sin()
+    sign = torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=dtype, device=pos.device).repeat_interleave(quarter)
+    return ang.cos(), sin * sign
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     """x (..., N, D); rotate_half applied within each D/2 half: [a, b] -> [-b, a] with a, b of size D/4."""
     q = x.shape[-1] // 4
-    a, b, c, d = x.split(q, dim=-1)
-    rotated = torch.cat([-b, a, -d, c], dim=-1)
-    return x * cos + rotated * sin
+    swapped = x.unflatten(-1, (2, 2, q)).flip(-2).flatten(-3)  # [a, b, c, d] -> [b, a, d, c]
+    return x * cos + swapped * signed_sin
 
 
 def rope_positions(h: int, w: int, device, per_view_distinct: bool) -> Tensor:
