@@ -1,5 +1,5 @@
 """`da3-splat splat` end to end, as a subprocess, with a random da3-small (no GS head: head-free Gaussians):
-outputs, the Gaussian budget, --overwrite, and one-line errors."""
+outputs, the Gaussian budget, the path's size, --overwrite, and one-line errors."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import cv2
 import numpy as np
 import pytest
 
-from da3_splat.commands.splat import path_cameras
+from da3_splat.commands.splat import SplatConfig, fit_to_inputs, path_cameras
 from da3_splat.data.transforms import read_transforms
 from da3_splat.ply import read_ply
-from da3_splat.rendering.camera_path import find_ffmpeg
+from da3_splat.rendering.camera_path import find_ffmpeg, fit_size
 from tests.test_cli_predict import assert_user_error, run_cli, write_noise_images
 
 MODEL = "random:da3-small"
 BUDGET = 3000
 COMMON = ("--model", MODEL, "--process-res", "84")
+VIDEO_SIZE = 40  # the path frames' longest side, below the views' 84
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def images(root):
 def first_run(root, images):
     out = root / "out"
     # A budget well below the 3 x 56 x 84 pixels, so neighbours get merged.
-    res = run_cli("splat", images, "-o", out, *COMMON, "--max-gaussians", BUDGET, "--path-frames", "3", "--fps", "8")
+    args = ("--max-gaussians", BUDGET, "--path-frames", "3", "--fps", "8", "--video-size", VIDEO_SIZE)
+    res = run_cli("splat", images, "-o", out, *COMMON, *args)
     assert res.returncode == 0, res.stderr
     return out, res
 
@@ -55,9 +57,15 @@ def test_outputs(first_run):
     for f in files:
         assert cv2.imread(str(out / f)).shape == (H, W, 3)
     frames = sorted((out / "path").glob("frame_*.png"))
-    assert len(frames) == info["path_frames"] == 3 and cv2.imread(str(frames[0])).shape == (H, W, 3)
+    w, h = fit_size(W, H, VIDEO_SIZE)
+    assert w == VIDEO_SIZE < W and h < H and info["path_size"] == [h, w]
+    assert len(frames) == info["path_frames"] == 3 and cv2.imread(str(frames[0])).shape == (h, w, 3)
     assert (out / "path.mp4").is_file() == (find_ffmpeg() is not None) == (info["video"] == "path.mp4")
-    assert len(info["psnr_input_views_db"]) == 3
+    assert len(info["psnr_input_views_db"]) == len(info["ssim_input_views"]) == 3
+    assert all(-1 <= v <= 1 for v in info["ssim_input_views"])
+    assert "Fit to the inputs (the Gaussians rendered at the 3 input cameras vs the input photos" in res.stdout
+    assert "SSIM" in res.stdout and "--video-size 0 for full size" in res.stdout
+    assert {"write_ply", "preview", "path_render", "video_encode"} <= set(info["timings_s"])
     assert not list(out.rglob("*.tmp"))
 
 
@@ -82,6 +90,7 @@ def test_refuses_to_overwrite_then_replaces_stale_outputs(root, images, first_ru
         (("missing_folder",), "input not found"),
         (("IMAGES", "--max-gaussians", "0"), "--max-gaussians must be at least 1"),
         (("IMAGES", "--path-frames", "0"), "--path-frames must be at least 1"),
+        (("IMAGES", "--video-size", "-1"), "--video-size must be 0 (full size) or positive"),
         (("IMAGES", "--model", "random:nope"), "unknown config 'nope'"),
     ],
 )
@@ -107,3 +116,26 @@ def test_path_kinds():
     cams, Ks = path_cameras("orbit", w2c, K, 7, points=torch.zeros(10, 3))
     assert len(cams) == len(Ks) == 7
     assert len(path_cameras("interpolate", w2c[:1], K[:1], 9)[0]) == 1  # one view: nothing to interpolate
+
+
+def test_default_path_is_a_preview():
+    """The default path costs a preview's time, not the scene's (issue 19): few frames, capped size."""
+    cfg = SplatConfig(input="x", output="y")
+    assert cfg.path_frames <= 30 and 0 < cfg.video_size <= 256
+
+
+def test_fit_to_inputs_psnr_and_ssim():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
+    b = a.copy()
+    b[1] = 255 - b[1]
+    inner = np.zeros((20, 24), bool)
+    inner[2:18, 3:21] = True
+    psnr, ssim = fit_to_inputs(a, b, inner)
+    assert psnr[0] == pytest.approx(100.0) and ssim[0] == pytest.approx(1.0)
+    assert psnr[1] < 10 and ssim[1] < 0.1
+    b[0, 0, 0] = 255 - b[0, 0, 0]  # outside the box: not counted
+    assert fit_to_inputs(a, b, inner)[0][0] == pytest.approx(100.0)
+    small = np.ones((6, 8), bool)  # smaller than the SSIM window: NaN, PSNR still measured
+    psnr, ssim = fit_to_inputs(a[:, :6, :8], b[:, :6, :8], small)
+    assert np.isnan(ssim).all() and psnr[0] < 100

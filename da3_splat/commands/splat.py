@@ -60,9 +60,12 @@ class SplatConfig:
     """Render the camera path (--path) to OUT/path/ and OUT/path.mp4."""
     path: Literal["input", "interpolate", "orbit"] = "orbit"
     """Camera path: the input cameras, a smooth path through them, or an orbit around the scene."""
-    path_frames: int = 90
-    """Frames of the interpolated or orbit path."""
-    fps: int = 30
+    path_frames: int = 16
+    """Frames of the interpolated or orbit path (more: a smoother video, rendered for longer)."""
+    video_size: int = 160
+    """Longest side, in pixels, of the path frames (path/, path.mp4); never above the processed size.
+    0: the processed size (full size; much slower on a CPU)."""
+    fps: int = 8
     """Frame rate of path.mp4."""
     conf_percentile: float = DEFAULT_CONF_PERCENTILE
     """Keep the Gaussians of pixels whose depth confidence is at or above this percentile over all views."""
@@ -77,6 +80,7 @@ def _check_config(cfg: SplatConfig) -> None:
         (cfg.process_res is None or cfg.process_res >= 14, f"--process-res must be at least 14, got {cfg.process_res}"),
         (cfg.max_gaussians >= 1, f"--max-gaussians must be at least 1, got {cfg.max_gaussians}"),
         (cfg.path_frames >= 1, f"--path-frames must be at least 1, got {cfg.path_frames}"),
+        (cfg.video_size >= 0, f"--video-size must be 0 (full size) or positive, got {cfg.video_size}"),
         (cfg.fps >= 1, f"--fps must be at least 1, got {cfg.fps}"),
         (0 <= cfg.conf_percentile < 100, f"--conf-percentile must be in [0, 100), got {cfg.conf_percentile}"),
         (cfg.video_stride >= 1, f"--video-stride must be at least 1, got {cfg.video_stride}"),
@@ -150,13 +154,14 @@ def _remove_stale(out: Path, names: list[str], keep_path_frames: int) -> None:
         (out / VIDEO_FILE).unlink(missing_ok=True)
 
 
-def _write_scene(out: Path, pred, names: list[str], g, console) -> None:
+def _write_scene(out: Path, pred, names: list[str], g, console, timings: dict) -> None:
     """images/<name>.png, transforms.json (the input cameras) and splat.ply."""
     from da3_splat.data.transforms import write_transforms
     from da3_splat.files import write_png
     from da3_splat.ply import write_ply
 
     S, H, W = pred.depth.shape
+    t0 = time.perf_counter()
     with progress_bar(console) as bar:
         task = bar.add_task("Writing outputs", total=S + 2)
         for i, name in enumerate(names):
@@ -165,16 +170,39 @@ def _write_scene(out: Path, pred, names: list[str], g, console) -> None:
         write_transforms(
             out / "transforms.json", [f"images/{n}.png" for n in names], pred.extrinsics, pred.intrinsics, [(H, W)] * S
         )
+        timings["write_views"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         write_ply(out / SPLAT_FILE, g, overwrite=True)
+        timings["write_ply"] = time.perf_counter() - t0
         bar.advance(task, 2)
 
 
-def _write_preview(out: Path, pred, g, console) -> list[float]:
-    """Render the input views, write preview.png; -> PSNR per view inside the trimmed border (what is kept)."""
+def fit_to_inputs(renders: np.ndarray, inputs: np.ndarray, inner: np.ndarray) -> tuple[list[float], list[float]]:
+    """PSNR (dB) and SSIM per view of renders against inputs (S, H, W, 3) uint8, inside the ``inner`` (H, W) box
+    (the border the Gaussians are trimmed by is left out); SSIM is NaN for a box smaller than its window."""
+    import numpy as np
+    import torch
+
+    from da3_splat.image_metrics import psnr, ssim
+
+    rows, cols = inner.any(1), inner.any(0)
+
+    def chw(x):
+        return torch.from_numpy(np.ascontiguousarray(x[:, rows][:, :, cols])).permute(0, 3, 1, 2).float() / 255
+
+    a, b = chw(renders), chw(inputs)
+    try:
+        ssims = ssim(a, b).tolist()
+    except ValueError:  # smaller than the 11 x 11 window
+        ssims = [math.nan] * len(a)
+    return psnr(a, b).tolist(), ssims
+
+
+def _write_preview(out: Path, pred, g, console) -> tuple[list[float], list[float]]:
+    """Render the input views, write preview.png; -> PSNR and SSIM per view (:func:`fit_to_inputs`)."""
     import torch
 
     from da3_splat.files import write_png
-    from da3_splat.image_metrics import uint8_psnr
     from da3_splat.reduce import border_mask
     from da3_splat.rendering.camera_path import render_path
 
@@ -184,25 +212,31 @@ def _write_preview(out: Path, pred, g, console) -> list[float]:
         task = bar.add_task("Rendering the input views", total=S)
         renders = render_path(g, w2c, K, W, H, progress=lambda k: bar.update(task, completed=k))
     write_png(out / PREVIEW_FILE, preview_sheet(pred.processed_images, renders))
-    inner = border_mask(1, H, W).reshape(H, W).numpy()
-    return [uint8_psnr(renders[i], pred.processed_images[i], inner) for i in range(S)]
+    return fit_to_inputs(renders, pred.processed_images, border_mask(1, H, W).reshape(H, W).numpy())
 
 
-def _write_path(out: Path, g, cams, size: tuple[int, int], cfg: SplatConfig, console):
-    """Render the camera path into path/ and path.mp4; -> the VideoResult (a stale video goes when skipped)."""
-    from da3_splat.rendering.camera_path import render_path, write_frames, write_video
+def _write_path(out: Path, g, cams, size: tuple[int, int], cfg: SplatConfig, console, timings: dict):
+    """Render the camera path at --video-size into path/ and path.mp4; -> (the VideoResult, (height, width));
+    a stale video goes when none is written."""
+    from da3_splat.rendering.camera_path import fit_size, render_path, resize_intrinsics, write_frames, write_video
 
     (w2c, K), (H, W) = cams, size
+    w, h = fit_size(W, H, cfg.video_size)
+    K = resize_intrinsics(K, (W, H), (w, h))
+    t0 = time.perf_counter()
     with progress_bar(console) as bar:
-        task = bar.add_task(f"Rendering the {cfg.path} path", total=len(w2c))
-        frames = render_path(g, w2c, K, W, H, progress=lambda k: bar.update(task, completed=k))
+        task = bar.add_task(f"Rendering the {cfg.path} path ({w}x{h})", total=len(w2c))
+        frames = render_path(g, w2c, K, w, h, progress=lambda k: bar.update(task, completed=k))
+    t1 = time.perf_counter()
     write_frames(out / PATH_DIR, frames)
+    t2 = time.perf_counter()
     with status(console, f"Encoding {VIDEO_FILE} ..."):
         video = write_video(out / VIDEO_FILE, frames, fps=cfg.fps)
+    timings.update(path_render=t1 - t0, path_write=t2 - t1, video_encode=time.perf_counter() - t2)
     if video.skipped:
         (out / VIDEO_FILE).unlink(missing_ok=True)  # a previous run's video would not match these frames
         console.print(f"[yellow]warning:[/] no {VIDEO_FILE}: {video.skipped}", highlight=False)
-    return video
+    return video, (h, w)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,15 +277,13 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
     cams = path_cameras(cfg.path, pred.extrinsics, pred.intrinsics, cfg.path_frames, g.means) if cfg.video else None
     n_path = 0 if cams is None else len(cams[0])
     _remove_stale(out, names, n_path)
+    _write_scene(out, pred, names, g, console, timings)
     t0 = time.perf_counter()
-    _write_scene(out, pred, names, g, console)
-    view_psnr = _write_preview(out, pred, g, console)
+    view_psnr, view_ssim = _write_preview(out, pred, g, console)
     timings["preview"] = time.perf_counter() - t0
-    video = None
+    video = path_size = None
     if cams is not None:
-        t0 = time.perf_counter()
-        video = _write_path(out, g, cams, (H, W), cfg, console)
-        timings["path"] = time.perf_counter() - t0
+        video, path_size = _write_path(out, g, cams, (H, W), cfg, console, timings)
 
     info = {
         "model": cfg.model,
@@ -266,8 +298,10 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
         "processed_size": [int(H), int(W)],
         "is_metric": bool(pred.is_metric),
         "psnr_input_views_db": [round(p, 3) if math.isfinite(p) else None for p in view_psnr],
+        "ssim_input_views": [round(v, 4) if math.isfinite(v) else None for v in view_ssim],
         "path": cfg.path if cfg.video else None,
         "path_frames": n_path,
+        "path_size": None if path_size is None else [int(v) for v in path_size],
         "video": None if video is None else (str(video.path.name) if video.path else None),
         "video_skipped": None if video is None else video.skipped,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -281,20 +315,29 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
 def report(info: dict, out: Path, seconds: float, console) -> None:
     H, W = info["processed_size"]
     units = "the units of the given poses" if info["poses"] else ("metres" if info["is_metric"] else "relative units")
-    finite = [p for p in info["psnr_input_views_db"] if p is not None]
-    quality = f"; {sum(finite) / len(finite):.1f} dB PSNR at the input views" if finite else ""
     console.print(
         f"[green]Done:[/] {info['num_gaussians']:,} Gaussians ({info['source']}) from {info['num_views']} view(s) "
-        f"at {W}x{H} in {seconds:.1f} s{quality}; {units}",
+        f"at {W}x{H} in {seconds:.1f} s; {units}",
         highlight=False,
     )
+    psnrs = [p for p in info["psnr_input_views_db"] if p is not None]
+    ssims = [v for v in info["ssim_input_views"] if v is not None]
+    if psnrs:
+        ssim = f", SSIM {sum(ssims) / len(ssims):.3f}" if ssims else ""
+        console.print(
+            f"Fit to the inputs (the Gaussians rendered at the {len(psnrs)} input cameras vs the input photos; "
+            f"not novel views): PSNR {sum(psnrs) / len(psnrs):.1f} dB{ssim} (SSIM 1 = identical)",
+            highlight=False,
+        )
     rows = [
         (SPLAT_FILE, "3D Gaussians, INRIA 3DGS PLY (SuperSplat, gsplat, nerfstudio)"),
         ("transforms.json", f"input cameras, nerfstudio convention (images in images/; ns-train ... --data {out})"),
         (PREVIEW_FILE, "inputs next to renders at their cameras"),
     ]
     if info["path"]:
-        rows.append((f"{PATH_DIR}/", f"{info['path_frames']} rendered frames ({info['path']} path)"))
+        h, w = info["path_size"]
+        more = "" if (h, w) == (H, W) else "; --video-size 0 for full size"
+        rows.append((f"{PATH_DIR}/", f"{info['path_frames']} rendered frames at {w}x{h} ({info['path']} path{more})"))
         if info["video"]:
             rows.append((VIDEO_FILE, "the path as a video"))
     rows.append((SUMMARY_FILE, "summary and timings"))

@@ -26,12 +26,16 @@ from da3_splat.geometry import (
     quat_xyzw_to_matrix,
     rigid_inverse,
 )
+from da3_splat.rendering.projection import JACOBIAN_FRUSTUM_MARGIN
 
 # Smallest eigenvalue (per camera) of sum(I - d d^T) over the optical axes d for their closest point to count as
 # a look-at point: ~ sin^2 of their angular spread, so 0.02 asks for axes spread by about 8 degrees or more.
 _MIN_AXIS_SPREAD = 0.02
 # Orbit sweep when the inputs do not surround the scene: their azimuth span plus this margin, swung to and fro.
 _ARC_MARGIN_DEG = 30.0
+# Cameras x Gaussians per render call of render_path on CUDA (gsplat renders a batch faster than its cameras one by
+# one; the torch renderer does not, so it takes one camera at a time); bounds the per-camera temporaries.
+RENDER_BATCH = 1 << 22
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,12 +199,15 @@ def orbit_cameras(
     if arc_deg is None:
         span = _circular_span(az)
         arc_deg = 360.0 if span > math.pi else min(360.0, math.degrees(span) + _ARC_MARGIN_DEG)
-    k = torch.arange(n_frames, dtype=torch.float64) / n_frames
+    i = torch.arange(n_frames, dtype=torch.float64)
     if arc_deg >= 360.0:
-        angles = az[0] + 2 * math.pi * k
+        angles = az[0] + 2 * math.pi * (i / n_frames)
     else:
         mid = torch.atan2(torch.sin(az).mean(), torch.cos(az).mean())
-        angles = mid + math.radians(arc_deg) / 2 * torch.sin(2 * math.pi * k)
+        # sin(2 pi i / n) with i folded into [-n/4, n/4] (sin(pi - x) = sin x): the frames on the way back get
+        # bit-identical cameras to those on the way out, which render_path renders once.
+        i = torch.where(4 * i <= n_frames, i, torch.where(4 * i <= 3 * n_frames, n_frames / 2 - i, i - n_frames))
+        angles = mid + math.radians(arc_deg) / 2 * torch.sin(2 * math.pi * i / n_frames)
     eye = c + height.mean() * up + radius * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2)
     R_path = _look_at(eye, c, up, R[0, :, 1].expand_as(eye))
     return _compose(R_path, eye).to(dtype), K[:1].expand(n_frames, 3, 3).clone().to(dtype)
@@ -217,6 +224,42 @@ def to_uint8(colors: Tensor, channels_first: bool = False) -> np.ndarray:
     return (colors.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
+def fit_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, so the longer side is at most ``max_side`` (None or 0: as is)."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    s = max_side / max(width, height)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def resize_intrinsics(K: Tensor, size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
+    """Pixel intrinsics (..., 3, 3) of an image of ``size`` (width, height) for the same view at ``new_size``."""
+    K = K.clone()
+    K[..., 0, :] *= new_size[0] / size[0]
+    K[..., 1, :] *= new_size[1] / size[1]
+    return K
+
+
+@torch.no_grad()
+def reachable(gaussians: Gaussians, w2c: Tensor, K: Tensor, width: int, height: int, near_plane: float = 0.01):
+    """(C, N) bool: the Gaussians that can reach each camera's image; a superset of what the renderers draw.
+
+    Their 3-sigma radius is at most 3 sqrt(|J|_F^2 s^2 + 0.4) + 2 px, with s the largest scale and J the
+    projection Jacobian (clamped to the widened frustum, as they clamp it): 0.4 px^2 covers eps2d = 0.3 and their
+    0.1 floor on the eigenvalue gap, 2 px their rounding up and ours. Opacities below 1/255 are never drawn."""
+    means_c = torch.einsum("cij,nj->cni", w2c[:, :3, :3], gaussians.means) + w2c[:, None, :3, 3]
+    z = means_c[..., 2].clamp(min=near_plane / 2)
+    xy = torch.einsum("cij,cnj->cni", K[:, :2], means_c) / z[..., None]
+    f, c = K[:, [0, 1], [0, 1]][:, None], K[:, [0, 1], [2, 2]][:, None]  # (C, 1, 2)
+    size = torch.tensor([width, height], dtype=z.dtype, device=z.device)
+    margin = JACOBIAN_FRUSTUM_MARGIN * 0.5 * size / f
+    uv = torch.maximum(torch.minimum(means_c[..., :2] / z[..., None], (size - c) / f + margin), -c / f - margin)
+    jac2 = ((f * f) * (1 + uv * uv)).sum(-1) / (z * z)
+    r = 3 * (jac2 * gaussians.scales.amax(-1) ** 2 + 0.4).sqrt() + 2
+    inside = ((xy + r[..., None] > 0) & (xy - r[..., None] < size)).all(-1)
+    return inside & (means_c[..., 2] >= near_plane * (1 - 1e-6)) & (gaussians.opacities >= 1 / 255)
+
+
 @torch.no_grad()
 def render_path(
     gaussians: Gaussians,
@@ -226,22 +269,34 @@ def render_path(
     height: int,
     background: tuple[float, float, float] = (0.0, 0.0, 0.0),
     progress: Callable[[int], None] | None = None,
+    batch_size: int | None = None,
 ) -> np.ndarray:
-    """Render unbatched ``gaussians`` at each camera, one at a time (bounded memory): uint8 (N, H, W, 3).
-    ``progress(done)`` is called after each frame. Runs where the Gaussians are (CUDA: gsplat)."""
+    """Render unbatched ``gaussians`` at each camera: uint8 (N, H, W, 3). Runs where the Gaussians are (CUDA:
+    gsplat). Repeated cameras are rendered once, in batches of ``batch_size`` (default: one on CPU, about
+    RENDER_BATCH Gaussian-views on CUDA), each with only the Gaussians that can reach it (:func:`reachable`; the
+    renderers would skip the others). ``progress(frames done)`` is called after each batch."""
     from da3_splat.rendering.api import render
 
-    dev = gaussians.means.device
-    bg = torch.tensor(background, dtype=gaussians.means.dtype, device=dev)
-    w2c = as_homogeneous(w2c).to(dev, gaussians.means.dtype)
-    K = K.to(dev, gaussians.means.dtype)
-    frames = np.empty((len(w2c), height, width, 3), np.uint8)
-    for i in range(len(w2c)):
-        out = render(gaussians, w2c[i : i + 1], K[i : i + 1], width, height, background=bg, mode="RGB")
-        frames[i] = to_uint8(out.colors[0])
+    w2c, n = as_homogeneous(w2c), len(w2c)
+    # Each distinct camera once (a swinging orbit comes back along its own cameras), in order of first use.
+    key = torch.cat([w2c.flatten(1).cpu().double(), K.flatten(1).cpu().double()], 1)
+    _, same = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((n,), n).scatter_reduce(0, same, torch.arange(n), "amin")  # per distinct camera: its frame
+    cams = first[first < n].sort().values
+    slot = torch.searchsorted(cams, first[same])  # per frame: its camera's place in cams
+    dev, dtype = gaussians.means.device, gaussians.means.dtype
+    bg = torch.tensor(background, dtype=dtype, device=dev)
+    w2c, K = w2c[cams].to(dev, dtype), K[cams].to(dev, dtype)
+    renders = np.empty((len(cams), height, width, 3), np.uint8)
+    step = batch_size or (max(1, RENDER_BATCH // max(1, gaussians.num_gaussians)) if dev.type == "cuda" else 1)
+    for i in range(0, len(cams), step):
+        b = slice(i, min(i + step, len(cams)))
+        keep = reachable(gaussians, w2c[b], K[b], width, height).any(0)
+        g = gaussians if bool(keep.all()) else gaussians[keep]
+        renders[b] = to_uint8(render(g, w2c[b], K[b], width, height, background=bg, mode="RGB").colors)
         if progress is not None:
-            progress(i + 1)
-    return frames
+            progress(int((slot < b.stop).sum()))
+    return renders[slot.numpy()]
 
 
 def write_frames(out_dir, frames: np.ndarray, prefix: str = "frame_") -> list[Path]:
@@ -292,34 +347,8 @@ def write_video(path, frames: np.ndarray, fps: float = 30.0) -> VideoResult:
     _, h, w, _ = frames.shape
     try:
         with atomic_path(path) as tmp:  # moved into place only when ffmpeg succeeds
-            cmd = [
-                exe,
-                "-y",
-                "-loglevel",
-                "error",
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                "rgb24",
-                "-s",
-                f"{w}x{h}",
-                "-r",
-                f"{fps:g}",
-                "-i",
-                "-",
-                "-an",
-                "-c:v",
-                "libx264",
-                "-pix_fmt",
-                "yuv420p",
-                "-crf",
-                "18",
-                "-movflags",
-                "+faststart",
-                "-f",
-                "mp4",
-                str(tmp),
-            ]
+            cmd = [exe, *"-y -loglevel error -f rawvideo -pix_fmt rgb24".split(), "-s", f"{w}x{h}", "-r", f"{fps:g}"]
+            cmd += [*"-i - -an -c:v libx264 -pix_fmt yuv420p -crf 18 -movflags +faststart -f mp4".split(), str(tmp)]
             try:
                 proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False, timeout=600)
             except (OSError, subprocess.TimeoutExpired) as e:

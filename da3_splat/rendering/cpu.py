@@ -7,7 +7,8 @@ stably sorted by sub-tile, so each sub-tile's entries form a contiguous run in d
 entry's SUB x SUB pixels at once, and transmittance is a segmented exclusive product along the runs (exp of a
 segmented cumulative sum of log(1 - alpha)). Runs are processed in front-to-back slabs, and a sub-tile whose pixels
 have all stopped (below) takes no more slabs, so Gaussians hidden behind opaque surfaces cost nothing, as in the
-kernel: 70-90% of the entries of pixel-aligned scenes. The backward pass is written by hand.
+kernel: 70-90% of the entries of pixel-aligned scenes. The backward pass is written by hand. Frames rendered
+without autograd take `fast.py` instead: the same rules, arranged for speed rather than for a backward pass.
 
 Semantics are gsplat's CUDA kernels': pixel centres at (x + 0.5, y + 0.5); sigma = 1/2 (a dx^2 + c dy^2) + b dx dy
 with conic (a, b, c); alpha = min(o exp(-sigma), 0.999); pairs with sigma < 0 or alpha < 1/255 are skipped; a
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from da3_splat.rendering import fast
 from da3_splat.rendering.projection import perspective_projection, quat_scale_to_covariance, world_to_camera
 from da3_splat.sh import eval_sh
 
@@ -36,6 +38,7 @@ SUB = 4  # compositing sub-tile (px): small, since a pixel-sized splat would was
 ENTRY_BUDGET = 1 << 14  # entries per step: temporaries of a few MB are reused from malloc's heap, not faulted in
 RUN_BUDGET = 1 << 12  # sub-tiles composited together
 SLAB = 32  # entries per sub-tile in the first front-to-back step; later steps grow by half the depth reached
+FORWARD_ONLY = True  # without autograd, render with `fast.py` (same image, several times faster); False: never
 
 
 def project(
@@ -370,17 +373,24 @@ def rasterization(
     """Same contract as `gsplat.rasterization(..., packed=False)` for SH colours; returns (colors, alphas, meta)."""
     C, N = len(viewmats), len(means)
     sh_degree = math.isqrt(sh.shape[-2]) - 1 if sh_degree is None else sh_degree
-    radii, means2d, depths, conics, comp = project(
-        means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, rasterize_mode == "antialiased"
-    )
-    opacities = opacities.expand(C, N) if comp is None else opacities * comp
-    feats = []
-    if render_mode in ("RGB", "RGB+D", "RGB+ED"):
-        feats.append(sh_colors(means, sh, viewmats, sh_degree))
-    if render_mode != "RGB":
-        feats.append(depths[..., None])
-    feats = torch.cat(feats, -1)
-    render, alpha = _Composite.apply(means2d, conics, feats, opacities, radii, depths, width, height, absgrad)
+    antialiased = rasterize_mode == "antialiased"
+    inputs = (means, quats, scales, opacities, sh, viewmats, Ks)
+    if FORWARD_ONLY and not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+        # Nothing to differentiate: the forward-only path computes the same image, several times faster.
+        args = (width, height, near_plane, far_plane, eps2d, sh_degree, render_mode, antialiased)
+        render, alpha, radii, means2d, depths, conics, opacities = fast.rasterize(*inputs, *args)
+    else:
+        radii, means2d, depths, conics, comp = project(
+            means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, antialiased
+        )
+        opacities = opacities.expand(C, N) if comp is None else opacities * comp
+        feats = []
+        if render_mode in ("RGB", "RGB+D", "RGB+ED"):
+            feats.append(sh_colors(means, sh, viewmats, sh_degree))
+        if render_mode != "RGB":
+            feats.append(depths[..., None])
+        feats = torch.cat(feats, -1)
+        render, alpha = _Composite.apply(means2d, conics, feats, opacities, radii, depths, width, height, absgrad)
     if backgrounds is not None and render_mode not in ("D", "ED"):  # depth gets no background, as gsplat
         bg = backgrounds.expand(C, 3)[:, None, None]
         rgb = render[..., :3] + (1.0 - alpha) * bg

@@ -10,18 +10,23 @@ import pytest
 import torch
 
 from da3_splat.gaussians import Gaussians
-from da3_splat.rendering import camera_path
+from da3_splat.rendering import api, camera_path
 from da3_splat.rendering.camera_path import (
     find_ffmpeg,
+    fit_size,
     interpolate_cameras,
     look_at_point,
     orbit_cameras,
     preview_grid,
+    reachable,
     render_path,
+    resize_intrinsics,
     scene_center,
+    to_uint8,
     write_frames,
     write_video,
 )
+from da3_splat.rendering.cpu import project as cpu_project
 from da3_splat.sh import RGB2SH
 
 W, H = 40, 30
@@ -154,10 +159,78 @@ def _scene() -> Gaussians:
 def test_render_path_frames_and_progress():
     w2c, K = orbit_cameras(ring(4), intrinsics(4), 5)
     done = []
-    frames = render_path(_scene(), w2c, K, W, H, progress=done.append)
-    assert frames.shape == (5, H, W, 3) and frames.dtype == np.uint8 and done == [1, 2, 3, 4, 5]
+    frames = render_path(_scene(), w2c, K, W, H, progress=done.append, batch_size=2)
+    assert frames.shape == (5, H, W, 3) and frames.dtype == np.uint8 and done == [2, 4, 5]  # after each batch
     assert (frames[:, H // 2, W // 2] > 0).any(axis=-1).all()  # the blob is in the middle of every frame
     assert (frames[:, 0, 0] == 0).all()  # black background in the corner
+    done.clear()
+    np.testing.assert_array_equal(render_path(_scene(), w2c, K, W, H, progress=done.append), frames)
+    assert done == [1, 2, 3, 4, 5]  # on CPU, one camera at a time by default
+
+
+def _spread_scene() -> Gaussians:
+    """Gaussians all around the cameras: in view, off screen, behind, big ones reaching in from outside, faint."""
+    n = 2000
+    gen = torch.Generator().manual_seed(2)
+    scales = torch.exp(torch.randn(n, 3, generator=gen) * 1.2 - 3.0)
+    return Gaussians(
+        means=torch.randn(n, 3, generator=gen) * 4.0,
+        quats=torch.randn(n, 4, generator=gen),
+        scales=scales,
+        opacities=torch.rand(n, generator=gen) ** 2,
+        sh=torch.randn(n, 4, 3, generator=gen) * 0.5,
+    )
+
+
+def test_reachable_keeps_every_drawn_gaussian():
+    g = _spread_scene()
+    w2c, K = ring(6, radius=3.0), intrinsics(6)
+    K[3, :2, :2] *= 3.0  # a narrow view
+    keep = reachable(g, w2c, K, W, H)
+    radii = cpu_project(g.means, g.quats, g.scales, w2c, K, W, H)[0]
+    drawn = (radii > 0) & (g.opacities >= 1 / 255)
+    assert keep.shape == drawn.shape == (6, len(g.means))
+    assert not (drawn & ~keep).any()  # never drops what the renderer draws
+    assert keep.sum() < 0.7 * keep.numel() and keep.sum() < 1.5 * drawn.sum()  # and culls most of the rest
+
+
+def test_render_path_batches_and_culling_change_nothing():
+    g = _spread_scene()
+    w2c, K = ring(5, radius=3.0), intrinsics(5)
+    bg = torch.zeros(3)
+    one_by_one = np.stack(
+        [
+            to_uint8(api.render(g, w2c[i : i + 1], K[i : i + 1], W, H, background=bg, mode="RGB").colors[0])
+            for i in range(5)
+        ]
+    )
+    for batch in (None, 1, 3):  # the same images, up to a last-bit rounding of a batched projection
+        diff = np.abs(render_path(g, w2c, K, W, H, batch_size=batch).astype(int) - one_by_one)
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+
+
+def test_a_swinging_orbit_renders_each_camera_once(monkeypatch):
+    w2c, K = orbit_cameras(ring(3, span_deg=60), intrinsics(3), 8)  # a to-and-fro swing: back along its way
+    assert [torch.equal(w2c[i], w2c[j]) for i, j in ((0, 4), (1, 3), (5, 7), (1, 5))] == [True, True, True, False]
+    rendered = []
+    real = api.render
+    monkeypatch.setattr(api, "render", lambda g, v, *a, **kw: rendered.append(len(v)) or real(g, v, *a, **kw))
+    done = []
+    frames = render_path(_scene(), w2c, K, W, H, progress=done.append, batch_size=2)
+    assert sum(rendered) == 5 and done == [4, 7, 8]  # the cameras of frames 0, 1, 2, 5, 6; progress counts frames
+    np.testing.assert_array_equal(frames[[4, 3, 7]], frames[[0, 1, 5]])
+    assert (frames[1] != frames[5]).any()
+
+
+def test_fit_size_and_resized_intrinsics():
+    assert fit_size(224, 126, 160) == (160, 90) and fit_size(126, 224, 160) == (90, 160)
+    assert fit_size(84, 56, 160) == (84, 56) and fit_size(224, 126, 0) == fit_size(224, 126, None) == (224, 126)
+    K = intrinsics(2)
+    K2 = resize_intrinsics(K, (W, H), (20, 10))
+    p = torch.tensor([0.3, -0.2, 2.0])
+    uv, uv2 = project(ring(2), K, p)[:, :2], project(ring(2), K2, p)[:, :2]
+    torch.testing.assert_close(uv2, uv * torch.tensor([20 / W, 10 / H]))  # the same point, scaled image
+    assert torch.equal(K, intrinsics(2))  # not modified in place
 
 
 def test_write_frames(tmp_path):
