@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CITATION = re.compile(r"(?:benchmarks/)?results/([\w.-]+\.md)")
 # a decimal or scientific figure that is not part of a version (1.1.5) or a longer dotted token
-FIGURE = re.compile(r"(?<![\w.-])(\d+\.\d+(?:e-?\d+)?|\d+e-?\d+)(?![\w]|\.\d)")
+FIGURE = re.compile(r"(?<![\w.-])(\d+\.\d+(?:e-?\d+)?|\d+e-?\d+)(?!(?!x\b)\w|\.\d)")  # "1.32x" counts
 
 
 def readme_blocks() -> list[tuple[int, str]]:
@@ -71,5 +71,9 @@ def test_every_readme_figure_is_in_its_cited_results_file():
 
 
 def test_the_checker_catches_a_wrong_figure(tmp_path):
-    assert figures("took 2.31 min (`results/demo.md`), nerfstudio 1.1.5, `--lr 5e-4`, 3e-7") == ["2.31", "3e-7"]
+    assert figures("took 2.31 min (`results/demo.md`), nerfstudio 1.1.5, `--lr 5e-4`, 3e-7, 1.32x") == [
+        "2.31",
+        "3e-7",
+        "1.32",
+    ]
     assert CITATION.findall("see benchmarks/results/demo.md and results/render.md") == ["demo.md", "render.md"]
