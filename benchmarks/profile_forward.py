@@ -89,9 +89,11 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--models", nargs="+", default=["da3-small", "da3-base"])
+    ap.add_argument("--views", nargs="+", type=int, default=[1, 4, 8])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cases = [("da3-small", 1)] if args.quick else [(n, s) for n in ("da3-small", "da3-base") for s in (1, 4, 8)]
+    cases = [("da3-small", 1)] if args.quick else [(n, s) for n in args.models for s in args.views]
     load_before = loadavg()
     peak = matmul_peak_gflops()
     rows, share_rows, models = [], [], {}
