@@ -24,7 +24,7 @@ from da3_splat.gaussians import Gaussians
 from da3_splat.model.inference import Prediction
 from da3_splat.ply import read_ply, write_ply
 from da3_splat.reduce import reduce_to_budget
-from da3_splat.viewer.scene import load_scene
+from da3_splat.viewer.loading import load_scene
 from da3_splat.viewer.selection import SelectionParams, Selector, display_covariances, save_selection
 from tests.test_cli_predict import assert_user_error, run_cli
 
@@ -208,7 +208,7 @@ def test_load_nerfstudio_run(ns_run, root, gaussians, pred):
 def test_checkpoint_with_sh_degree_0(tmp_path, gaussians):
     """splatfacto with sh_degree 0 stores logit(rgb) as features_dc and an empty features_rest."""
     from da3_splat.sh import SH2RGB
-    from da3_splat.viewer.scene import gaussians_from_checkpoint
+    from da3_splat.viewer.nerfstudio_run import gaussians_from_checkpoint
 
     g = gaussians[:50].with_sh_degree(1)
     rgb = SH2RGB(g.sh[:, 0]).clamp(0.05, 0.95)

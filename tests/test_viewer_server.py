@@ -19,7 +19,7 @@ from da3_splat.errors import InputError
 from da3_splat.files import write_png
 from da3_splat.ply import read_ply
 from da3_splat.viewer import ViewConfig
-from da3_splat.viewer.scene import load_scene
+from da3_splat.viewer.loading import load_scene
 from tests.test_viewer import NAMES, _assert_same_gaussians, gaussians, ns_run, pred, root, splat_dir  # noqa: F401,F811 -- module fixtures
 
 # --------------------------------------------------------------------------------------------------

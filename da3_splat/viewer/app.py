@@ -14,7 +14,8 @@ from da3_splat.errors import InputError
 from da3_splat.gaussians import Gaussians
 from da3_splat.viewer import LOOPBACK, ViewConfig, check_config
 from da3_splat.viewer.display import DISPLAY_RADIUS, DisplayFrame, LatestOnly, add_gaussian_splats, import_viser, wxyz
-from da3_splat.viewer.scene import CameraView, ViewScene, load_scene
+from da3_splat.viewer.loading import load_scene
+from da3_splat.viewer.scene import CameraView, ViewScene
 from da3_splat.viewer.selection import (
     DEFAULT_SAVE_NAME,
     SelectionParams,
