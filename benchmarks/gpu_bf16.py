@@ -63,6 +63,46 @@ def check_size(height: int, width: int, views: int) -> None:
         fail(f"--views must be at least 1, got {views}")
 
 
+def forward_args(description: str, defaults: dict, views_note: str = "", add_more=None):
+    """The options gpu_bf16.py and gpu_fps.py share (model list, input size, dtype, runs, --md, --dry-run), with
+    ``add_more(parser)`` for a script's own. Returns a parser; :func:`parse_forward_args` reads it."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--models", help=f"comma-separated model names (default: {defaults['models']})")
+    ap.add_argument("--views", type=int, help=f"views per batch, S (default {defaults['views']}{views_note})")
+    ap.add_argument("--height", type=int, help=f"input height, a multiple of 14 (default {defaults['height']})")
+    ap.add_argument("--width", type=int, help=f"input width, a multiple of 14 (default {defaults['width']})")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="autocast dtype")
+    ap.add_argument("--runs", type=int, help=f"timed passes, median reported (default {defaults['runs']})")
+    ap.add_argument("--warmup", type=int, help=f"untimed passes first (default {defaults['warmup']})")
+    if add_more is not None:
+        add_more(ap)
+    ap.add_argument("--md", type=Path, help="write the markdown section to this file")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, a tiny input and 1 run: exercises the code path")
+    return ap
+
+
+def parse_forward_args(ap, argv, defaults: dict, dry_run: dict, extra_models: tuple[str, ...] = ()):
+    """Parse, fill the defaults (they depend on --dry-run), check the sizes and the model names; fails with one
+    line (exit 2) on a bad value. Returns (args, models)."""
+    args = ap.parse_args(argv)
+    apply_defaults(args, dry_run if args.dry_run else defaults)
+    check_size(args.height, args.width, args.views)
+    if args.runs < 1 or args.warmup < 0:
+        fail("--runs must be at least 1 and --warmup at least 0")
+    models = [m for m in args.models.split(",") if m]
+    from da3_splat.model.config import get_config
+
+    for m in models:
+        if m in extra_models:
+            continue
+        try:
+            get_config(m)
+        except Exception:
+            known = ", ".join(("da3-small", "da3-base", "da3-large", "da3-giant", *extra_models))
+            fail(f"unknown model {m!r} (a configuration name such as {known})")
+    return args, models
+
+
 def build_model(name: str, device: torch.device, seed: int = 0, noise: float = 0.0):
     """A DA3 on ``device``: the bundled trained model by name, else an official configuration with random weights
     built directly on the device (a billion-parameter init on the CPU takes minutes), optionally perturbed."""
@@ -182,34 +222,12 @@ def table(rows: list[dict], views: int, dtype: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", help=f"comma-separated model names (default: da3-small,da3-base,{BUNDLED})")
-    ap.add_argument("--views", type=int, help="views per batch, S (default 8)")
-    ap.add_argument("--height", type=int, help="input height, a multiple of 14 (default 336)")
-    ap.add_argument("--width", type=int, help="input width, a multiple of 14 (default 504)")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="autocast dtype")
-    ap.add_argument("--runs", type=int, help="timed passes per precision, median reported (default 5)")
-    ap.add_argument("--warmup", type=int, help="untimed passes first (default 2)")
-    ap.add_argument("--noise", type=float, default=0.02, help="std of the perturbation of the random weights")
-    ap.add_argument("--tol", type=float, default=0.05, help="fail when the mean relative depth error exceeds this")
-    ap.add_argument("--md", type=Path, help="write the markdown section to this file")
-    ap.add_argument(
-        "--dry-run", action="store_true", help="CPU, by default 2 views at 42x56 and 1 run: exercises the code path"
-    )
-    args = ap.parse_args(argv)
-    apply_defaults(args, DRY_RUN if args.dry_run else DEFAULTS)
-    check_size(args.height, args.width, args.views)
-    if args.runs < 1 or args.warmup < 0:
-        fail("--runs must be at least 1 and --warmup at least 0")
-    models = [m for m in args.models.split(",") if m]
-    from da3_splat.model.config import get_config
+    def own(ap):
+        ap.add_argument("--noise", type=float, default=0.02, help="std of the perturbation of the random weights")
+        ap.add_argument("--tol", type=float, default=0.05, help="fail when the mean relative depth error exceeds this")
 
-    for m in models:
-        if m != BUNDLED:
-            try:
-                get_config(m)
-            except Exception:
-                fail(f"unknown model {m!r} (an official configuration name such as da3-small, or {BUNDLED})")
+    ap = forward_args(__doc__.split("\n")[0], DEFAULTS, add_more=own)
+    args, models = parse_forward_args(ap, argv, DEFAULTS, DRY_RUN, extra_models=(BUNDLED,))
     dev = pick_device(args.dry_run)
     if dev.type == "cuda":  # a strict fp32 reference
         torch.backends.cuda.matmul.allow_tf32 = False

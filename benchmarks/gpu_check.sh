@@ -387,33 +387,28 @@ DRYFLAG=()
 bg_note=""
 [ -n "$BUILD_PID" ] && bg_note=" (gsplat compiled in the background meanwhile, niced; --serial-build for an idle CPU)"
 
-run_limited 120 "$WORK/bf16.log" "$PY" benchmarks/gpu_bf16.py --md "$WORK/bf16.md" "${DRYFLAG[@]}"
-keep_log bf16 "$WORK/bf16.log"
-if [ "$STEP_RC" = 0 ]; then
-    record PASS bf16 "$STEP_S" "bf16 autocast vs fp32: $(grep -c '^| da3' "$WORK/bf16.md") models, depth error within tolerance"
-else
-    record FAIL bf16 "$STEP_S" "$(why_failed "$WORK/bf16.log")"
-fi
-{
-    echo "Item 3 of issue 19: \`benchmarks/gpu_bf16.py\`$bg_note."
-    echo
-    if [ -s "$WORK/bf16.md" ]; then sed 's/^# /### /' "$WORK/bf16.md"; fi
-    [ "$STEP_RC" = 0 ] || log_tail "$WORK/bf16.log"
-} | section "bf16 autocast vs fp32"
+# run_bench NAME LIMIT SCRIPT TITLE INTRO SUMMARY_FUNCTION: one benchmark step, its PASS/FAIL line and its section
+run_bench() {
+    local name=$1 limit=$2 script=$3 title=$4 intro=$5 summary=$6
+    run_limited "$limit" "$WORK/$name.log" "$PY" "benchmarks/$script" --md "$WORK/$name.md" "${DRYFLAG[@]}"
+    keep_log "$name" "$WORK/$name.log"
+    if [ "$STEP_RC" = 0 ]; then
+        record PASS "$name" "$STEP_S" "$("$summary")"
+    else
+        record FAIL "$name" "$STEP_S" "$(why_failed "$WORK/$name.log")"
+    fi
+    {
+        echo "$intro$bg_note."
+        echo
+        if [ -s "$WORK/$name.md" ]; then sed 's/^# /### /' "$WORK/$name.md"; fi
+        [ "$STEP_RC" = 0 ] || log_tail "$WORK/$name.log"
+    } | section "$title"
+}
+bf16_summary() { echo "bf16 autocast vs fp32: $(grep -c '^| da3' "$WORK/bf16.md") models, depth error within tolerance"; }
+fps_summary() { grep -E '^da3-[a-z]+: [0-9.]+ FPS' "$WORK/fps.log" | sed 's/ (.*//' | paste -sd ';' -; }
 
-run_limited 180 "$WORK/fps.log" "$PY" benchmarks/gpu_fps.py --md "$WORK/fps.md" "${DRYFLAG[@]}"
-keep_log fps "$WORK/fps.log"
-if [ "$STEP_RC" = 0 ]; then
-    record PASS fps "$STEP_S" "$(grep -E '^da3-[a-z]+: [0-9.]+ FPS' "$WORK/fps.log" | sed 's/ (.*//' | paste -sd ';' -)"
-else
-    record FAIL fps "$STEP_S" "$(why_failed "$WORK/fps.log")"
-fi
-{
-    echo "Item 5 of issue 19: \`benchmarks/gpu_fps.py\`$bg_note."
-    echo
-    if [ -s "$WORK/fps.md" ]; then sed 's/^# /### /' "$WORK/fps.md"; fi
-    [ "$STEP_RC" = 0 ] || log_tail "$WORK/fps.log"
-} | section "Throughput against the paper"
+run_bench bf16 120 gpu_bf16.py "bf16 autocast vs fp32" "Item 3 of issue 19: \`benchmarks/gpu_bf16.py\`" bf16_summary
+run_bench fps 180 gpu_fps.py "Throughput against the paper" "Item 5 of issue 19: \`benchmarks/gpu_fps.py\`" fps_summary
 
 if [ -n "$BUILD_PID" ]; then
     wait "$BUILD_PID"

@@ -15,13 +15,11 @@ head. FPS = S / median seconds per forward over --runs timed passes after --warm
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import torch
 from _common import machine_header, md_table
-from gpu_bf16 import DTYPES, apply_defaults, build_model, check_size, fail, pick_device, random_views, time_forward
+from gpu_bf16 import DTYPES, build_model, forward_args, parse_forward_args, pick_device, random_views, time_forward
 
 PAPER_A100_FPS = {"da3-small": 160.5, "da3-base": 126.5, "da3-large": 78.4, "da3-giant": 37.6}
 DEFAULTS = {"models": ",".join(PAPER_A100_FPS), "views": 32, "height": 336, "width": 504, "runs": 5, "warmup": 2}
@@ -45,31 +43,8 @@ def measure(name: str, x: torch.Tensor, amp_dtype, runs: int, warmup: int) -> di
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", help="comma-separated model names (default: " + DEFAULTS["models"] + ")")
-    ap.add_argument("--views", type=int, help="views per batch, S (default 32, as the paper)")
-    ap.add_argument("--height", type=int, help="input height, a multiple of 14 (default 336)")
-    ap.add_argument("--width", type=int, help="input width, a multiple of 14 (default 504)")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="autocast dtype")
-    ap.add_argument("--runs", type=int, help="timed passes, median reported (default 5)")
-    ap.add_argument("--warmup", type=int, help="untimed passes first (default 2)")
-    ap.add_argument("--md", type=Path, help="write the markdown section to this file")
-    ap.add_argument(
-        "--dry-run", action="store_true", help="CPU, by default da3-small, 2 views at 42x56, 1 run: the code path only"
-    )
-    args = ap.parse_args(argv)
-    apply_defaults(args, DRY_RUN if args.dry_run else DEFAULTS)
-    check_size(args.height, args.width, args.views)
-    if args.runs < 1 or args.warmup < 0:
-        fail("--runs must be at least 1 and --warmup at least 0")
-    models = [m for m in args.models.split(",") if m]
-    from da3_splat.model.config import get_config
-
-    for m in models:
-        try:
-            get_config(m)
-        except Exception:
-            fail(f"unknown model {m!r} (an official configuration name: {', '.join(PAPER_A100_FPS)}, ...)")
+    ap = forward_args(__doc__.split("\n")[0], DEFAULTS, views_note=", as the paper")
+    args, models = parse_forward_args(ap, argv, DEFAULTS, DRY_RUN)
     dev = pick_device(args.dry_run)
     x = random_views(args.views, args.height, args.width, dev)
     rows, bad = [], []
