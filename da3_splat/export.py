@@ -84,30 +84,46 @@ def grey_confidence(conf: np.ndarray, vrange: tuple[float, float]) -> np.ndarray
     return (norm * 255.0 + 0.5).astype(np.uint8)
 
 
+def confident_pixels(
+    depth: np.ndarray,
+    conf: np.ndarray,
+    conf_percentile: float = DEFAULT_CONF_PERCENTILE,
+    max_points: int = DEFAULT_MAX_POINTS,
+    seed: int = POINTS_SEED,
+) -> np.ndarray:
+    """Flat indices (ascending) into ``depth`` (S, H, W) of the pixels with a finite positive depth whose
+    confidence is at or above ``conf_percentile`` (over all views), randomly subsampled (fixed seed) to at most
+    ``max_points``. The selection behind points.ply and the COLMAP export's points3D."""
+    if not 0.0 <= conf_percentile < 100.0:
+        raise ValueError(f"conf_percentile must be in [0, 100), got {conf_percentile}")
+    depth, conf = np.asarray(depth, dtype=np.float32), np.asarray(conf, dtype=np.float32)
+    keep = np.isfinite(depth) & (depth > 0) & np.isfinite(conf)
+    if keep.any():
+        keep &= conf >= np.percentile(conf[keep], conf_percentile)
+    idx = np.flatnonzero(keep)
+    if idx.size > max_points:
+        idx = idx[np.sort(np.random.default_rng(seed).choice(idx.size, size=max_points, replace=False))]
+    return idx
+
+
 def confident_world_points(
     pred,
     conf_percentile: float = DEFAULT_CONF_PERCENTILE,
     max_points: int = DEFAULT_MAX_POINTS,
     seed: int = POINTS_SEED,
 ):
-    """World points and colours of the pixels whose confidence is at or above ``conf_percentile`` (over all
-    views), randomly subsampled (fixed seed) to at most ``max_points``. -> (points (N,3) f32, colors (N,3) u8)."""
+    """World points and colours of the pixels :func:`confident_pixels` selects. -> (points (N,3) f32, colors
+    (N,3) u8)."""
     import torch
 
     from da3_splat.geometry import depth_to_world_points
 
-    if not 0.0 <= conf_percentile < 100.0:
-        raise ValueError(f"conf_percentile must be in [0, 100), got {conf_percentile}")
-    depth, conf = pred.depth.astype(np.float32), pred.depth_conf.astype(np.float32)
-    keep = np.isfinite(depth) & (depth > 0) & np.isfinite(conf)
-    if keep.any():
-        keep &= conf >= np.percentile(conf[keep], conf_percentile)
-    idx = np.flatnonzero(keep)
-    if idx.size > max_points:
-        idx = np.sort(np.random.default_rng(seed).choice(idx.size, size=max_points, replace=False))
-        idx = np.flatnonzero(keep)[idx]
+    idx = confident_pixels(pred.depth, pred.depth_conf, conf_percentile, max_points, seed)
     pts = depth_to_world_points(
-        torch.from_numpy(depth), torch.from_numpy(pred.intrinsics).float(), torch.from_numpy(pred.extrinsics).float()
+        torch.from_numpy(pred.depth.astype(np.float32)),
+        torch.from_numpy(pred.intrinsics).float(),
+        torch.from_numpy(pred.extrinsics).float(),
+        offset=0.5,  # pixel centres at +0.5, as the intrinsics (cx = W / 2), build.py and COLMAP have them
     ).numpy()
     return pts.reshape(-1, 3)[idx], pred.processed_images.reshape(-1, 3)[idx]
 

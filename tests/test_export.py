@@ -41,7 +41,7 @@ def _prediction(cameras: bool = True, seed: int = 0) -> Prediction:
 def _manual_points(pred: Prediction) -> np.ndarray:
     out = []
     for s in range(S):
-        v, u = np.mgrid[0:H, 0:W]
+        v, u = np.mgrid[0:H, 0:W] + 0.5  # pixel (row i, col j) is the image point (j + 0.5, i + 0.5)
         pix = np.stack([u, v, np.ones_like(u)], -1).reshape(-1, 3).astype(np.float64)
         cam = (np.linalg.inv(pred.intrinsics[s]) @ pix.T).T * pred.depth[s].reshape(-1, 1)
         R, t = pred.extrinsics[s, :, :3].astype(np.float64), pred.extrinsics[s, :, 3].astype(np.float64)

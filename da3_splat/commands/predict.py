@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from da3_splat import colmap_export
 from da3_splat.errors import InputError
 from da3_splat.export import DEFAULT_CONF_PERCENTILE, DEFAULT_MAX_POINTS
 from da3_splat.inputs import run_model_on_inputs
@@ -25,7 +26,8 @@ from da3_splat.runtime import DEFAULT_MODEL
 class PredictConfig:
     """Depth, cameras and a coloured point cloud from images or a video, with Depth Anything 3.
 
-    Writes OUT/images, OUT/depth (.npz, .png), OUT/confidence, OUT/transforms.json (nerfstudio), OUT/points.ply."""
+    Writes OUT/images, OUT/depth (.npz, .png), OUT/confidence, OUT/transforms.json (nerfstudio), OUT/points.ply,
+    and with --colmap a COLMAP sparse model in OUT/sparse/0."""
 
     input: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="INPUT")]
     """An image, a folder of images (not recursive), or a video (.mp4 .mov .avi .mkv .webm)."""
@@ -52,6 +54,10 @@ class PredictConfig:
     """points.ply holds at most this many points (random subset, fixed seed)."""
     use_ray_pose: bool = False
     """Cameras from the ray head's pose solver instead of the camera decoder (slower, often more accurate)."""
+    colmap: bool = False
+    """Also write the cameras and the confident points (the pixels points.ply keeps) as a COLMAP sparse model:
+    OUT/sparse/0 (binary; for gsplat, 3DGS, nerfstudio's colmap dataparser) and a text copy in OUT/sparse/0_text.
+    Needs pycolmap: pip install "da3-splat[colmap]"."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,6 +75,8 @@ def _check_config(cfg: PredictConfig) -> None:
         raise InputError(f"--conf-percentile must be in [0, 100), got {cfg.conf_percentile}")
     if cfg.max_points < 1:
         raise InputError(f"--max-points must be at least 1, got {cfg.max_points}")
+    if cfg.colmap:
+        colmap_export.require_pycolmap()  # one line, before the model loads
 
 
 def _check_no_clobber(image_paths: list[Path], names: list[str], out: Path) -> None:
@@ -92,10 +100,11 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
     t_start = time.perf_counter()
     _check_config(cfg)
     model, pred, names, device, timings = run_model_on_inputs(
-        cfg, _check_no_clobber, console, use_ray_pose=cfg.use_ray_pose
+        cfg, _check_no_clobber, console, needs_cameras="--colmap" if cfg.colmap else None, use_ray_pose=cfg.use_ray_pose
     )
 
-    from da3_splat.export import write_prediction
+    from da3_splat.export import SUMMARY_FILE, write_prediction
+    from da3_splat.files import write_json
 
     summary = {
         "model": cfg.model,
@@ -107,8 +116,11 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
         "use_ray_pose": cfg.use_ray_pose,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+    if not cfg.colmap and colmap_export.recorded_model(cfg.output):  # --overwrite: its cameras would not match
+        colmap_export.remove_model(cfg.output)
     with progress_bar(console) as bar:
-        task = bar.add_task("Writing outputs", total=pred.num_views + (3 if pred.extrinsics is not None else 1))
+        total = pred.num_views + (3 if pred.extrinsics is not None else 1) + int(cfg.colmap)
+        task = bar.add_task("Writing outputs", total=total)
         info = write_prediction(
             pred,
             cfg.output,
@@ -118,6 +130,14 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
             summary=summary,
             progress=lambda step: bar.advance(task),
         )
+        if cfg.colmap:
+            t0 = time.perf_counter()
+            info["colmap"] = colmap_export.write_prediction_model(
+                pred, cfg.output, names, conf_percentile=cfg.conf_percentile, max_points=cfg.max_points
+            )
+            info["timings_s"]["colmap"] = round(time.perf_counter() - t0, 3)
+            write_json(cfg.output / SUMMARY_FILE, info)
+            bar.advance(task)
     report(info, cfg.output, time.perf_counter() - t_start, out_console)
     return info
 
@@ -146,6 +166,16 @@ def report(info: dict, out: Path, seconds: float, console) -> None:
                 f"{info['num_points']:,} coloured points (confidence >= {info['conf_percentile']:g}th pct.)",
             ),
         ]
+    if info.get("colmap"):
+        model = info["colmap"]
+        text = f"; text copy in {model['text_path']}/" if model["text_path"] else ""
+        rows.append(
+            (
+                f"{model['path']}/",
+                f"COLMAP sparse model of images/: {model['num_images']} PINHOLE cameras, "
+                f"{model['num_points']:,} points{text}",
+            )
+        )
     rows.append(("prediction.json", "summary and timings"))
     console.print(f"Outputs in [bold]{out}[/]:", highlight=False)
     for name, what in rows:
