@@ -39,6 +39,15 @@ class EvalConfig:
     """Read images_N of each scene."""
     baseline: bool = True
     """Also score the head-free Gaussians built from the model's own depth."""
+    pose_free_tto_steps: int = 0
+    """Pose-free: also score each method after test-time target-pose optimisation (as NoPoSplat / AnySplat are
+    scored): every target's camera refined on its own image, Gaussians frozen, for at most N Adam steps; adds
+    `<method>+tto` rows. 0: off."""
+    pose_free_tto_lr: float = 5e-3
+    pose_free_tto_scale: float = 0.5
+    """The refinement renders at this fraction of --height/--width."""
+    pose_free_tto_init: Literal["gt", "nearest-context"] = "gt"
+    """Refinement start: the GT target pose in the aligned frame, or the nearest context view's predicted pose."""
     max_scenes: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = False
@@ -50,17 +59,25 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
 
     from da3_splat.data.dataset import NVSDataset, collate
     from da3_splat.data.dl3dv import scene_list
-    from da3_splat.eval_protocol import GEOMETRY_KEYS, MethodResult, evaluate_scene, geometry_summary
+    from da3_splat.eval_protocol import GEOMETRY_KEYS, MethodResult, TTOSettings, evaluate_scene, geometry_summary
     from da3_splat.files import check_output_dir, write_json, write_png
     from da3_splat.geometry_metrics import finite_or_none, pose_scores
     from da3_splat.image_metrics import load_lpips, lpips_status
     from da3_splat.nvs import SceneBatch
+    from da3_splat.pose_refine import PoseRefineSettings
     from da3_splat.rendering.camera_path import to_uint8
     from da3_splat.runtime import load_model, resolve_device
 
     console = console or Console(stderr=True)
     if cfg.height % 14 or cfg.width % 14:
         raise InputError(f"--height/--width must be multiples of 14, got {cfg.height}x{cfg.width}")
+    steps, lr, scale = cfg.pose_free_tto_steps, cfg.pose_free_tto_lr, cfg.pose_free_tto_scale
+    if steps < 0 or not lr > 0 or not 0 < scale <= 1:
+        raise InputError(
+            "--pose-free-tto-steps must be >= 0, --pose-free-tto-lr > 0 and --pose-free-tto-scale in (0, 1]; "
+            f"got {steps}, {lr}, {scale}"
+        )
+    tto = TTOSettings(PoseRefineSettings(steps=steps, lr=lr, render_scale=scale), cfg.pose_free_tto_init)
     paths = scene_list(cfg.scenes)[: cfg.max_scenes]
     check_output_dir(cfg.output, cfg.overwrite)
     device = resolve_device(cfg.device)
@@ -85,7 +102,7 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
         per_scene[scene] = {"context": item["context_indices"].tolist(), "targets": item["target_indices"].tolist()}
         grid_rows = [batch.target_images[0]]
         for mode in cfg.modes:
-            res = evaluate_scene(model, batch, mode, cfg.baseline, lpips_fn)
+            res = evaluate_scene(model, batch, mode, cfg.baseline, lpips_fn, tto)
             per_scene[scene][mode] = scene_scores = dict(res["scores"])
             for method, scores in res["scores"].items():
                 if method in GEOMETRY_KEYS:
@@ -115,6 +132,7 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
         "scenes": len(paths),
         "size": [cfg.height, cfg.width],
         "context_views": cfg.context_views,
+        "pose_free_tto": {"steps": steps, "lr": lr, "scale": scale, "init": cfg.pose_free_tto_init} if steps else None,
         "lpips": lpips_fn is not None,
         "results": {mode: {name: r.summary() for name, r in res.items()} for mode, res in totals.items()},
         "geometry": geometry,
@@ -124,9 +142,13 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
     write_json(cfg.output / "metrics.json", summary)
     for mode, res in summary["results"].items():
         for name, s in res.items():
+            t = s.get("tto")  # how far the refinement moved the targets (units: the context cameras' spread)
+            moved = (
+                f", TTO {t['steps']:.0f} steps moved {t['rotation_deg']:.2f} deg / {t['translation']:.3f}" if t else ""
+            )
             console.print(
-                f"{mode:9s} {name:15s} PSNR {s['psnr']:.2f} dB  SSIM {s['ssim']:.3f}  "
-                f"{s['gaussians']:.0f} Gaussians  {s['seconds_per_scene']:.2f} s/scene",
+                f"{mode:9s} {name:19s} PSNR {s['psnr']:.2f} dB  SSIM {s['ssim']:.3f}  "
+                f"{s['gaussians']:.0f} Gaussians  {s['seconds_per_scene']:.2f} s/scene{moved}",
                 highlight=False,
             )
     for mode, geo in geometry.items():
