@@ -2,7 +2,7 @@
 cameras (a nerfstudio transforms.json) and the model, checked in the order that fails fastest.
 
 ``cfg`` below is any command config with ``input``, ``output``, ``overwrite``, ``poses``, ``model``, ``device``,
-``video_stride`` and ``max_frames``.
+``video_stride`` and ``max_frames`` (and optionally ``chunk_size``, ``chunk_overlap``: streaming inference).
 """
 
 from __future__ import annotations
@@ -140,23 +140,45 @@ def decode_inputs(cfg, paths: list[Path] | None, console) -> list:
     return images
 
 
+def chunking(cfg) -> tuple[int, int] | None:
+    """``cfg.chunk_size`` / ``cfg.chunk_overlap`` checked (one-line InputErrors, before anything loads) ->
+    (chunk size, overlap), or None for one pass over all views."""
+    size, overlap = getattr(cfg, "chunk_size", None), getattr(cfg, "chunk_overlap", None)
+    if size is None:
+        if overlap is not None:
+            raise InputError("--chunk-overlap needs --chunk-size")
+        return None
+    from da3_splat.streaming import check_chunking
+
+    known = getattr(cfg, "poses", None) is not None
+    return size, check_chunking(size, overlap, known, names=("--chunk-size", "--chunk-overlap"))
+
+
 def run_model_on_inputs(cfg, check_outputs, console, needs_cameras: str | None = None, gaussians: bool = False, **kw):
     """The pipeline predict and splat share: check the inputs (:func:`prepare_inputs`), load the model, decode
     the inputs and run DA3 on them (with the GS head when ``gaussians`` and the model has one); ``kw`` go to
-    ``infer``. -> (model, prediction, view names, device, timings in seconds)."""
+    ``infer``. With ``cfg.chunk_size`` and more views than that, DA3 runs in overlapping chunks merged into one
+    frame (:func:`da3_splat.streaming.infer_streaming`), one console line per chunk.
+    -> (model, prediction, view names, device, timings in seconds)."""
+    chunks = chunking(cfg)
     paths, names, poses, device = prepare_inputs(cfg, check_outputs)
     model, (images, names, extrinsics, intrinsics), timings = load_model_and_inputs(
         cfg, paths, names, poses, device, console, needs_cameras=needs_cameras
     )
+    kw.update(extrinsics=extrinsics, intrinsics=intrinsics, process_res=cfg.process_res)
+    kw["infer_gs"] = gaussians and model.has_gs_head
     t0 = time.perf_counter()
-    with status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):
-        pred = model.infer(
-            images,
-            extrinsics=extrinsics,
-            intrinsics=intrinsics,
-            process_res=cfg.process_res,
-            infer_gs=gaussians and model.has_gs_head,
-            **kw,
-        )
+    if chunks is not None and len(images) > chunks[0]:
+        from da3_splat.streaming import describe_chunk, infer_streaming
+
+        def progress(info: dict) -> None:
+            console.print(describe_chunk(info), highlight=False)
+
+        what = f"{len(images)} views in chunks of {chunks[0]} sharing {chunks[1]}"
+        with status(console, f"Running {model.config.model_name} on {what} ({device}) ..."):
+            pred = infer_streaming(model, images, *chunks, progress=progress, **kw)
+    else:
+        with status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):
+            pred = model.infer(images, **kw)
     timings["inference"] = time.perf_counter() - t0
     return model, pred, names, device, timings

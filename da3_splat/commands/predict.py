@@ -52,6 +52,12 @@ class PredictConfig:
     """points.ply keeps pixels whose confidence is at or above this percentile over all views."""
     max_points: int = DEFAULT_MAX_POINTS
     """points.ply holds at most this many points (random subset, fixed seed)."""
+    chunk_size: int | None = None
+    """Run DA3 on chunks of this many neighbouring views (input order), merged into one frame on the views they
+    share: memory depends on the chunk size, not on the number of views (default: all views in one pass)."""
+    chunk_overlap: int | None = None
+    """Views shared by consecutive chunks (default: a quarter of --chunk-size, at least 2; at least 2 without
+    --poses, as the chunks are aligned on them)."""
     use_ray_pose: bool = False
     """Cameras from the ray head's pose solver instead of the camera decoder (slower, often more accurate)."""
     colmap: bool = False
@@ -114,6 +120,7 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
         "process_res": model.process_res_for(cfg.process_res),
         "poses": None if cfg.poses is None else str(cfg.poses),
         "use_ray_pose": cfg.use_ray_pose,
+        "streaming": pred.extra.get("streaming"),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if not cfg.colmap and colmap_export.recorded_model(cfg.output):  # --overwrite: its cameras would not match

@@ -52,6 +52,12 @@ class SplatConfig:
     process_res: int | None = None
     """Longest side, in pixels, of the images the network sees (then rounded to multiples of 14)
     (default: the model's own: 504 for the official models, the training resolution for models trained here)."""
+    chunk_size: int | None = None
+    """Run DA3 on chunks of this many neighbouring views (input order), merged into one frame on the views they
+    share: memory depends on the chunk size, not on the number of views (default: all views in one pass)."""
+    chunk_overlap: int | None = None
+    """Views shared by consecutive chunks (default: a quarter of --chunk-size, at least 2; at least 2 without
+    --poses, as the chunks are aligned on them)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run the model and the renderer: auto picks cuda when available."""
     overwrite: bool = False
@@ -304,6 +310,7 @@ def run_splat(cfg: SplatConfig, console=None, out_console=None) -> dict:
         "path_size": None if path_size is None else [int(v) for v in path_size],
         "video": None if video is None else (str(video.path.name) if video.path else None),
         "video_skipped": None if video is None else video.skipped,
+        "streaming": pred.extra.get("streaming"),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "views": list(names),
     }

@@ -1,0 +1,257 @@
+"""Streaming inference (da3_splat.streaming): chunks merged into one frame, checked against a stub "perfect model"
+that returns ground truth for the frames it is given, each call in its own random similarity frame; plus the
+predict command with --chunk-size on the bundled model."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from da3_splat.build import headfree_gaussians
+from da3_splat.data.synthetic import SyntheticConfig, render_scene
+from da3_splat.errors import InputError
+from da3_splat.geometry import (
+    apply_sim3_to_w2c,
+    as_homogeneous,
+    camera_centers,
+    depth_to_world_points,
+    points_from_rays,
+    quat_xyzw_to_matrix,
+    rigid_inverse,
+)
+from da3_splat.geometry import umeyama as fit_umeyama
+from da3_splat.model.inference import Prediction
+from da3_splat.streaming import check_chunking, chunk_ranges, infer_streaming
+from tests.test_cli_predict import assert_user_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene(SyntheticConfig(frames=20, height=40, width=64), 3)  # an orbit: centres fix rotation
+
+
+def _t(a) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(a, np.float64))
+
+
+def _rotation(rng: np.random.Generator, max_deg: float | None = None) -> torch.Tensor:
+    if max_deg is None:
+        return quat_xyzw_to_matrix(_t(rng.normal(size=4)))
+    axis = rng.normal(size=3)
+    half = np.radians(max_deg) * rng.uniform(-1, 1) / 2
+    return quat_xyzw_to_matrix(_t([*(np.sin(half) * axis / np.linalg.norm(axis)), np.cos(half)]))
+
+
+class PerfectModel:
+    """``infer`` with DA3's signature on frame indices: ground-truth depth and cameras of those frames, each call
+    in its own random similarity frame (or the caller's, given poses), with optional noise and corruptions."""
+
+    has_cameras = True
+
+    def __init__(self, scene, seed=0, depth_noise=0.0, pose_noise_deg=0.0, outlier=None, broken=None, scale=1.0):
+        self.scene, self.rng = scene, np.random.default_rng(seed)
+        self.depth_noise, self.pose_noise_deg = depth_noise, pose_noise_deg
+        self.outlier = outlier  # (call, view): that view's depth and camera are wrong
+        self.broken = broken  # "cameras" | "depth": the overlap views of every call after the first
+        self.scale = scale  # known poses: the caller's units per scene unit
+        self.calls: list[list[int]] = []
+
+    def infer(self, images, extrinsics=None, intrinsics=None, process_res=None, infer_gs=False, return_rays=False):
+        frames, call, rng = [int(i) for i in images], len(self.calls), self.rng
+        self.calls.append(frames)
+        s = self.scene
+        depth = s.depth[frames].astype(np.float64)
+        w2c, K = _t(s.w2c[frames]), s.K[frames].astype(np.float32)
+        if extrinsics is not None:
+            w2c, depth = as_homogeneous(_t(extrinsics)), depth * self.scale
+        else:
+            R, t, scale = _rotation(rng), _t(rng.normal(size=3)), _t(rng.uniform(0.2, 5.0))
+            w2c, depth = apply_sim3_to_w2c(w2c, R, t, scale), depth * float(scale)
+        if self.pose_noise_deg:
+            for i in range(len(frames)):
+                w2c[i, :3, :3] = _rotation(rng, self.pose_noise_deg) @ w2c[i, :3, :3]
+                w2c[i, :3, 3] += _t(rng.normal(size=3)) * 0.003 * np.median(depth)
+        depth *= 1 + self.depth_noise * rng.standard_normal(depth.shape)
+        if self.outlier is not None and self.outlier[0] == call:
+            v = self.outlier[1]
+            depth[v] = depth[v][::-1] * 2.5  # another surface entirely
+            w2c[v, :3, :3] = _rotation(np.random.default_rng(call), 40.0) @ w2c[v, :3, :3]
+            w2c[v, :3, 3] += 1.0
+        if self.broken and call > 0:
+            target = w2c if self.broken == "cameras" else depth
+            target[:4] = np.nan
+        depth = depth.astype(np.float32)
+        pred = Prediction(
+            depth=depth,
+            depth_conf=(1 + 2 * rng.random(depth.shape)).astype(np.float32),
+            processed_images=s.images[frames],
+            extrinsics=w2c[:, :3].float().numpy(),
+            intrinsics=K,
+        )
+        d, Kt, E = torch.from_numpy(depth).double(), torch.from_numpy(K).double(), w2c
+        if infer_gs:
+            pred.gaussians = headfree_gaussians(d.float(), torch.from_numpy(s.images[frames]), E.float(), Kt.float())
+        if return_rays:  # [direction at camera z = 1, centre], as DA3's ray head
+            pts = depth_to_world_points(d, Kt, E, offset=0.5)
+            centres = rigid_inverse(E)[:, :3, 3][:, None, None].expand_as(pts)
+            pred.ray = torch.cat([(pts - centres) / d[..., None], centres], -1).float().numpy()
+        return pred
+
+
+def aligned_errors(pred: Prediction, scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Align the prediction to GT with one similarity (Umeyama on all camera centres) -> per-frame rotation error
+    (deg), centre error / trajectory extent, per-pixel relative depth error."""
+    pw, gw = as_homogeneous(_t(pred.extrinsics)), _t(scene.w2c)
+    R, t, s = fit_umeyama(camera_centers(pw), camera_centers(gw))
+    moved = apply_sim3_to_w2c(pw, R, t, s)
+    rel = moved[:, :3, :3] @ gw[:, :3, :3].transpose(-1, -2)
+    cos2 = rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1  # 2 cos(angle); and 2 sin(angle) from the skew part:
+    sin2 = torch.stack([rel[:, 2, 1] - rel[:, 1, 2], rel[:, 0, 2] - rel[:, 2, 0], rel[:, 1, 0] - rel[:, 0, 1]], -1)
+    gc = camera_centers(gw)
+    extent = (gc - gc.mean(0)).norm(dim=-1).max()
+    centre = (camera_centers(moved) - gc).norm(dim=-1) / extent
+    depth = np.abs(pred.depth.astype(np.float64) * float(s) - scene.depth) / scene.depth
+    return np.degrees(torch.atan2(sin2.norm(dim=-1), cos2).numpy()), centre.numpy(), depth
+
+
+# --------------------------------------------------------------------------------------------------
+# Chunking
+
+
+def test_chunks_cover_the_frames_with_full_chunks_and_the_overlap():
+    assert chunk_ranges(5, 8, 2) == [(0, 5)]
+    assert chunk_ranges(20, 8, 3) == [(0, 8), (5, 13), (10, 18), (12, 20)]
+    for n, size, ov in ((100, 10, 3), (33, 7, 2), (9, 8, 4)):
+        r = chunk_ranges(n, size, ov)
+        assert r[0][0] == 0 and r[-1][1] == n and all(b - a == size for a, b in r)
+        assert all(b0 - a1 >= ov for (_, b0), (a1, _) in zip(r, r[1:]))
+
+
+@pytest.mark.parametrize(
+    ("size", "overlap", "known", "match"),
+    [(2, 1, False, "at least 3"), (1, 0, True, "at least 2"), (6, 6, False, "smaller than"), (6, 1, False, "least 2")],
+)
+def test_bad_chunking_is_one_line(size, overlap, known, match):
+    with pytest.raises(InputError, match=match) as e:
+        check_chunking(size, overlap, known)
+    assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pose-free
+
+
+def test_perfect_chunks_merge_into_one_frame_exactly(scene):
+    model = PerfectModel(scene, seed=1)
+    pred = infer_streaming(model, list(range(20)), chunk_size=8, overlap=3)
+    assert pred.num_views == 20 and len(model.calls) == 4
+    rot, centre, depth = aligned_errors(pred, scene)
+    assert rot.max() < 1e-3 and centre.max() < 1e-4 and depth.max() < 1e-4, (rot.max(), centre.max(), depth.max())
+    info = pred.extra["streaming"]
+    assert info["mode"] == "pose-free" and [(c["start"], c["stop"]) for c in info["chunks"]] == chunk_ranges(20, 8, 3)
+    assert all(c["residual"] < 1e-5 and c["inliers"] == c["points"] > 1000 for c in info["chunks"][1:])
+    assert np.array_equal(pred.processed_images, scene.images) and np.allclose(pred.intrinsics, scene.K)
+
+
+def test_noise_and_an_outlier_frame_in_the_overlap_are_tolerated(scene):
+    # call 1 is chunk 2 (frames 5-12); its view 1 is frame 6, inside the overlap with chunk 1
+    model = PerfectModel(scene, seed=2, depth_noise=0.005, pose_noise_deg=0.2, outlier=(1, 1))
+    pred = infer_streaming(model, list(range(20)), chunk_size=8, overlap=3)
+    rot, centre, depth = aligned_errors(pred, scene)
+    assert rot.max() < 1.0 and centre.max() < 0.03 and np.median(depth) < 0.02, (rot.max(), centre.max())
+    chunk2 = pred.extra["streaming"]["chunks"][1]
+    assert chunk2["points"] * 0.55 < chunk2["inliers"] < chunk2["points"] * 0.8  # a third of the points dropped
+
+
+@pytest.mark.parametrize(("broken", "match"), [("cameras", "finite cameras"), ("depth", "confident pixels")])
+def test_an_unusable_overlap_is_a_one_line_error_naming_the_chunk(scene, broken, match):
+    with pytest.raises(InputError, match=match) as e:
+        infer_streaming(PerfectModel(scene, broken=broken), list(range(20)), chunk_size=8, overlap=3)
+    assert "chunk 2/4 (frames 6-13)" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_wrong_overlap_is_refused_not_merged(scene):
+    class Shuffled(PerfectModel):  # chunk 2 sees other frames than it is told: nothing agrees
+        def infer(self, images, **kw):
+            return super().infer([(i + 7) % 20 for i in images] if self.calls else images, **kw)
+
+    with pytest.raises(InputError, match=r"chunk 2/4 .* shared points agree within 5% of depth"):
+        infer_streaming(Shuffled(scene), list(range(20)), chunk_size=8, overlap=3)
+
+
+def test_gaussians_and_rays_follow_the_merged_cameras(scene):
+    pred = infer_streaming(PerfectModel(scene, seed=3), list(range(20)), 8, 3, infer_gs=True, return_rays=True)
+    d, K, w2c = (torch.from_numpy(a).double() for a in (pred.depth, pred.intrinsics, pred.extrinsics))
+    pts = depth_to_world_points(d, K, w2c, offset=0.5)
+    extent = float(pts.reshape(-1, 3).std(0).norm())
+    means = pred.gaussians.means.double().reshape(pts.shape)
+    assert (means - pts).norm(dim=-1).max() < 1e-4 * extent
+    assert (points_from_rays(d, torch.from_numpy(pred.ray).double()) - pts).norm(dim=-1).max() < 1e-4 * extent
+
+
+def test_peak_views_per_pass_is_the_chunk_size(scene):
+    long = render_scene(SyntheticConfig(frames=100, height=40, width=64), 3)
+    model = PerfectModel(long, seed=4)
+    pred = infer_streaming(model, list(range(100)), chunk_size=10, overlap=3)
+    assert max(len(c) for c in model.calls) == 10 and pred.num_views == 100
+    rot, centre, depth = aligned_errors(pred, long)
+    assert rot.max() < 1e-2 and centre.max() < 1e-3 and depth.max() < 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# Known poses
+
+
+def test_known_poses_stay_in_the_callers_frame_and_report_disagreement(scene):
+    R, t, s = _rotation(np.random.default_rng(5)), _t([1.0, -2.0, 0.5]), _t(2.0)
+    given = apply_sim3_to_w2c(_t(scene.w2c), R, t, s).float().numpy()
+    model = PerfectModel(scene, seed=5, depth_noise=0.01, scale=2.0)
+    pred = infer_streaming(model, list(range(20)), 8, 3, extrinsics=given, intrinsics=scene.K)
+    assert np.allclose(pred.extrinsics, given[:, :3], atol=1e-6) and np.allclose(pred.intrinsics, scene.K)
+    assert np.median(np.abs(pred.depth / (2 * scene.depth) - 1)) < 0.02
+    info = pred.extra["streaming"]
+    assert info["mode"] == "known poses" and 0.003 < info["depth_disagreement"] < 0.03
+    assert all(0 < c["depth_disagreement"] < 0.03 for c in info["chunks"][1:]) and info["chunks"][0]["scale"] == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# The predict command on the bundled model
+
+
+@pytest.fixture(scope="module")
+def twelve_images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stream") / "images"
+    d.mkdir()
+    frames = render_scene(SyntheticConfig(frames=12, height=72, width=128), 5).images
+    for i, img in enumerate(frames):
+        cv2.imwrite(str(d / f"frame_{i:02d}.png"), img[..., ::-1])
+    return d
+
+
+def test_predict_streams_chunks_on_the_bundled_model(twelve_images, tmp_path):
+    out = tmp_path / "out"
+    res = run_cli("predict", twelve_images, "-o", out, "--model", "da3-tiny-synthetic", "--chunk-size", 6,
+                  "--chunk-overlap", 3)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert [line for line in res.stderr.splitlines() if line.startswith("chunk ")][-1].startswith("chunk 3/3")
+    frames = json.loads((out / "transforms.json").read_text())["frames"]
+    assert len(frames) == 12 and all(np.isfinite(f["transform_matrix"]).all() for f in frames)
+    info = json.loads((out / "prediction.json").read_text())
+    assert info["streaming"]["chunk_size"] == 6 and len(info["streaming"]["chunks"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (("--chunk-size", 1), "--chunk-size must be at least 3"),
+        (("--chunk-size", 6, "--chunk-overlap", 6), "--chunk-overlap (6) must be smaller than --chunk-size (6)"),
+        (("--chunk-overlap", 3), "--chunk-overlap needs --chunk-size"),
+    ],
+)
+def test_bad_chunk_flags_fail_before_the_model_loads(twelve_images, tmp_path, flags, match):
+    res = run_cli("predict", twelve_images, "-o", tmp_path / "o", "--model", "no/such-model", *flags)
+    assert_user_error(res, match)
