@@ -124,13 +124,20 @@ def load_model_and_inputs(cfg, paths, names, poses, device: str, console, needs_
 
 def decode_inputs(cfg, paths: list[Path] | None, console) -> list:
     """RGB uint8 arrays of the images ``paths``, or of the video's kept frames when ``paths`` is None."""
-    from da3_splat.model.preprocess import load_image, read_video_frames
+    from da3_splat.model.preprocess import load_image
 
     if paths is None:
+        from da3_splat.frame_selection import read_frames_at, select_frames, video_signatures
+
         if os.environ.get(DEBUG_ENV, "") in ("", "0"):
             os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own messages; we report one line
-        with status(console, f"Decoding {cfg.input.name} ..."):
-            return read_video_frames(cfg.input, max_frames=cfg.max_frames, stride=cfg.video_stride)
+        # Two passes: a thumbnail of every frame to choose from (black and duplicate frames out, --video-stride
+        # auto spaces frames by motion), then only the chosen frames in full, so a long video never sits in memory.
+        with status(console, f"Reading {cfg.input.name} ..."):
+            selection = select_frames(video_signatures(cfg.input), cfg.video_stride, cfg.max_frames)
+        console.print(f"{cfg.input.name}: {selection.summary()}", highlight=False)
+        with status(console, f"Decoding {len(selection.kept)} frame(s) of {cfg.input.name} ..."):
+            return read_frames_at(cfg.input, selection.kept)
     with progress_bar(console) as bar, ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
         task = bar.add_task("Loading images", total=len(paths))
         images = []

@@ -181,8 +181,11 @@ def test_video(root, model_dir):
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (128, 96))
     if not writer.isOpened():
         pytest.skip("OpenCV cannot encode mp4v here")
-    for i in range(8):
-        writer.write(_noise(96, 128, i))
+    frames = [_noise(96, 128, i) for i in range(8)]
+    frames.insert(3, np.zeros_like(frames[0]))  # a black frame and a repeated one: both dropped, and said so
+    frames.insert(6, frames[5])
+    for frame in frames:
+        writer.write(frame)
     writer.release()
     cap = cv2.VideoCapture(str(path))
     ok = cap.isOpened() and cap.read()[0]
@@ -208,6 +211,13 @@ def test_video(root, model_dir):
     info = json.loads((out / "prediction.json").read_text())
     assert info["views"] == ["frame_00001", "frame_00002", "frame_00003"]
     assert (out / "images/frame_00003.png").is_file() and (out / "points.ply").is_file()
+    assert "kept 3 of 10 frames (dropped: 1 black, 1 duplicate, 5 thinned out)" in res.stderr
+    res = run_cli(
+        "predict", path, "-o", out, "--overwrite", "--model", model_dir, "--process-res", RES, "--video-stride", "auto"
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "prediction.json").read_text())["num_views"] == 8  # noise frames: all far apart
+    assert "kept 8 of 10 frames (dropped: 1 black, 1 duplicate)" in res.stderr
 
 
 def test_help_is_complete():

@@ -44,8 +44,9 @@ class PredictConfig:
     """Write into a non-empty OUT, replacing the files of a previous run."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run the model: auto picks cuda when available."""
-    video_stride: int = 1
-    """Video input: keep every N-th frame."""
+    video_stride: int | Literal["auto"] = 1
+    """Video input: keep every N-th frame, or "auto": frames spaced evenly in image motion (with --max-frames: that
+    many). Black and duplicate frames are always dropped."""
     max_frames: int | None = None
     """Video input: keep at most this many frames (all when not given)."""
     conf_percentile: float = DEFAULT_CONF_PERCENTILE
@@ -73,8 +74,8 @@ class PredictConfig:
 def _check_config(cfg: PredictConfig) -> None:
     if cfg.process_res is not None and cfg.process_res < 14:
         raise InputError(f"--process-res must be at least 14, got {cfg.process_res}")
-    if cfg.video_stride < 1:
-        raise InputError(f"--video-stride must be at least 1, got {cfg.video_stride}")
+    if cfg.video_stride != "auto" and cfg.video_stride < 1:
+        raise InputError(f"--video-stride must be at least 1 or auto, got {cfg.video_stride}")
     if cfg.max_frames is not None and cfg.max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {cfg.max_frames}")
     if not 0 <= cfg.conf_percentile < 100:

@@ -75,8 +75,9 @@ class SplatConfig:
     """Frame rate of path.mp4."""
     conf_percentile: float = DEFAULT_CONF_PERCENTILE
     """Keep the Gaussians of pixels whose depth confidence is at or above this percentile over all views."""
-    video_stride: int = 1
-    """Video input: keep every N-th frame."""
+    video_stride: int | Literal["auto"] = 1
+    """Video input: keep every N-th frame, or "auto": frames spaced evenly in image motion (with --max-frames: that
+    many). Black and duplicate frames are always dropped."""
     max_frames: int | None = None
     """Video input: keep at most this many frames (all when not given)."""
 
@@ -89,7 +90,10 @@ def _check_config(cfg: SplatConfig) -> None:
         (cfg.video_size >= 0, f"--video-size must be 0 (full size) or positive, got {cfg.video_size}"),
         (cfg.fps >= 1, f"--fps must be at least 1, got {cfg.fps}"),
         (0 <= cfg.conf_percentile < 100, f"--conf-percentile must be in [0, 100), got {cfg.conf_percentile}"),
-        (cfg.video_stride >= 1, f"--video-stride must be at least 1, got {cfg.video_stride}"),
+        (
+            cfg.video_stride == "auto" or cfg.video_stride >= 1,
+            f"--video-stride must be at least 1 or auto, got {cfg.video_stride}",
+        ),
         (cfg.max_frames is None or cfg.max_frames >= 1, f"--max-frames must be at least 1, got {cfg.max_frames}"),
     ]
     for ok, message in checks:
