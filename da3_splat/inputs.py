@@ -94,6 +94,13 @@ def load_inputs(cfg, paths, names, poses, console):
 
     images = decode_inputs(cfg, paths, console)
     names = names or video_frame_names(len(images))
+    sizes = {im.shape[:2] for im in images}
+    if len(sizes) > 1:  # DA3 sees every view at one size: say that the others get cropped
+        console.print(
+            f"[yellow]warning:[/] the images come in {len(sizes)} different sizes; each is resized and centre-cropped "
+            "to the smallest processed height and width (crop them yourself to choose what is kept)",
+            highlight=False,
+        )
     extrinsics = intrinsics = None
     if poses is not None:
         idx = match_frames(poses[0], names, paths, transforms_file(cfg.poses))

@@ -174,6 +174,7 @@ def test_grey_rgba_16bit_and_mixed_sizes(root, model_dir):
     assert info["num_views"] == 5
     shapes = {np.load(out / "depth" / f"{n}.npz")["depth"].shape for n in info["views"]}
     assert shapes == {tuple(info["processed_size"])}  # centre-cropped to a common size
+    assert "the images come in 4 different sizes" in " ".join(res.stderr.split())
 
 
 def test_video(root, model_dir):
