@@ -20,7 +20,7 @@ class MakeSyntheticCommand:
     Writes OUT/scene_0000/{transforms.json, images_4/, depths_4/, eval_index.json, scene.json}, ..."""
 
     out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
-    """Output folder (created); existing scene folders are kept unless --overwrite."""
+    """Output folder (created); a run that would write into existing scene folders is refused unless --overwrite."""
     scenes: int = 1
     """Number of scenes."""
     frames: int = 60
