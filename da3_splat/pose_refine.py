@@ -129,15 +129,15 @@ def refine_target_poses(
     target_images: Tensor,
     settings: PoseRefineSettings | None = None,
     sh_degree: int | None = None,
-    background: float = 0.0,
+    background: float | Tensor = 0.0,
 ) -> tuple[Tensor, PoseRefineInfo]:
     """Refine each target camera on its own image with the Gaussians frozen -> (refined w2c (T, 4, 4), info).
 
     gaussians: unbatched; target_w2c (T, 3|4, 4) OpenCV world-to-camera, the start; K (T, 3, 3) in pixels of
     target_images (T, 3, H, W) in [0, 1]. Rendering is at ``settings.render_scale`` of (H, W) (K scaled to match,
-    images area-filtered), against ``background`` as the evaluation renders. Adam on a per-target se(3) delta
-    (module docstring); each target keeps the pose with its lowest loss seen, so its loss never ends above the
-    start's. Stops early when the summed loss has not improved by ``tol`` (relative) for ``patience`` steps.
+    images area-filtered), against ``background`` (a grey level or an RGB triple) as the evaluation renders. Adam
+    on a per-target se(3) delta (module docstring); each target keeps the pose with its lowest loss seen, so its
+    loss never ends above the start's. Stops early when the summed loss has not improved by ``tol`` (relative) for ``patience`` steps.
     Works inside ``torch.inference_mode`` too (it leaves it for the optimisation).
     """
     s = settings or PoseRefineSettings()
@@ -162,7 +162,7 @@ def refine_target_poses(
         unit = _scene_unit(g, start)
         delta = torch.zeros(T, 6, dtype=g.means.dtype, device=g.means.device, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=s.lr)
-        bg = torch.full((3,), background, dtype=g.means.dtype, device=g.means.device)
+        bg = torch.as_tensor(background, dtype=g.means.dtype, device=g.means.device).detach().expand(3).clone()
         best = torch.full((T,), float("inf"), dtype=g.means.dtype, device=g.means.device)
         best_delta = torch.zeros_like(delta)
         before, best_total, stall, taken = None, float("inf"), 0, 0

@@ -16,6 +16,7 @@ at interpreter start-up (see that module) and nerfstudio imports the entry point
 - ``model``: ``DA3SplatModel``, a ``SplatfactoModel`` that starts from DA3's Gaussians
 - ``pipeline``: runs DA3 on the training views once the data is loaded; checks the data first
 - ``dataparser``: ``da3-images`` (and its entry point), cameras predicted by DA3
+- ``camera_refinement``: predicted cameras refined in training (camera optimiser), held-out poses aligned at eval
 - ``initialise``: the starting Gaussians (DA3 feed-forward, or random points / a point cloud for comparison)
 - ``errors``: one ``error:`` line for bad input inside nerfstudio's commands
 """

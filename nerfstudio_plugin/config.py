@@ -60,7 +60,7 @@ def optimizers(max_steps: int = MAX_STEPS) -> dict:
         "opacities": adam(0.05),
         "scales": adam(0.005),
         "quats": adam(0.001),
-        "camera_opt": adam(1e-4, warm_decay(5e-7)),  # only used with --pipeline.model.camera-optimizer.mode
+        "camera_opt": adam(1e-4, warm_decay(5e-7)),  # on by default for da3-images (camera_refinement)
         "bilateral_grid": adam(2e-3, warm_decay(1e-4)),  # only used with --pipeline.model.use-bilateral-grid
     }
 

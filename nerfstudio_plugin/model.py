@@ -34,6 +34,7 @@ from torch.nn import Parameter, ParameterDict
 from da3_splat.gaussians import Gaussians
 from da3_splat.geometry import opengl_c2w_to_opencv_w2c
 from da3_splat.rendering import render
+from nerfstudio_plugin.camera_refinement import ALIGNMENT_KEY, CameraRefinement
 from nerfstudio_plugin.errors import DataError
 from nerfstudio_plugin.initialise import (
     DEFAULT_WEIGHTS,
@@ -78,6 +79,13 @@ class DA3SplatModelConfig(SplatfactoModelConfig):
     refine_steps: int | None = None
     """Per-scene refinement steps; training stops after them (0: the feed-forward result as it is). None: run
     --max-num-iterations steps."""
+    camera_refinement: CameraRefinement = "auto"
+    """Refine the training cameras while training (splatfacto's camera optimiser, SO3xR3). auto: on when DA3
+    predicted the cameras (da3-images), off for posed data. A --pipeline.model.camera-optimizer.mode other than
+    off is used as given; to switch it off for da3-images use this option."""
+    eval_pose_refinement_steps: int | None = None
+    """Before a held-out view is scored (ns-eval), refine its camera on its own image with the Gaussians frozen,
+    for at most this many steps (0: score it at its given pose). None: 100 when DA3 predicted the cameras, else 0."""
 
 
 class _OptionalLPIPS:
@@ -217,7 +225,7 @@ class DA3SplatModel(SplatfactoModel):
         if g is None:
             return self.get_empty_outputs(W, H, self.background_color)
         with_depth = self.config.output_depth_during_training or not self.training
-        sh_degree = max(min(self.step // self.config.sh_degree_interval, self.config.sh_degree), self.init_sh_degree)
+        sh_degree = self.render_sh_degree()
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
             out = render(
                 g,
@@ -246,6 +254,10 @@ class DA3SplatModel(SplatfactoModel):
         if not self.training:
             background = background.expand(H, W, 3)
         return {"rgb": rgb.squeeze(0), "depth": depth, "accumulation": out.alpha.squeeze(0), "background": background}
+
+    def render_sh_degree(self) -> int:
+        """SH degree rendered at this step: splatfacto's schedule, never below the initial Gaussians' degree."""
+        return max(min(self.step // self.config.sh_degree_interval, self.config.sh_degree), self.init_sh_degree)
 
     def _gaussians_in_crop(self) -> Gaussians | None:
         """Activated Gaussians for rendering (a differentiable view of the parameters), cut to the viewer's crop
@@ -279,6 +291,7 @@ class DA3SplatModel(SplatfactoModel):
         metrics, images = super().get_image_metrics_and_images(outputs, batch)
         if math.isnan(metrics.get("lpips", 0.0)):
             del metrics["lpips"]  # no LPIPS weights on this machine: report the metric as absent, not NaN
+        metrics.update(batch.get(ALIGNMENT_KEY, {}))  # the eval view's pose alignment (pipeline), if it had one
         return metrics, images
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes):

@@ -21,6 +21,8 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from da3_splat.data.transforms import TRANSFORMS_FILE, read_transforms
+from da3_splat.pose_refine import PoseRefineSettings
+from nerfstudio_plugin.camera_refinement import AlignedEvalImages, resolve_camera_refinement
 from nerfstudio_plugin.errors import DataError, one_line_errors
 
 MIN_VIEWS = 2
@@ -80,8 +82,12 @@ class DA3SplatPipeline(VanillaPipeline):
         self, config: DA3SplatPipelineConfig, device, test_mode="val", world_size=1, local_rank=0, grad_scaler=None
     ):
         with one_line_errors("the training data"):
+            # Before the model exists: it builds its camera optimiser from the resolved mode.
+            mode, eval_steps = resolve_camera_refinement(config)
             super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+            self.eval_alignment_steps = eval_steps
             if test_mode == "val":
+                CONSOLE.log(f"Camera refinement: {mode}; held-out pose alignment at evaluation: {eval_steps} steps")
                 self._initialise_model()
 
     def _initialise_model(self) -> None:
@@ -91,6 +97,15 @@ class DA3SplatPipeline(VanillaPipeline):
         images = [_uint8(entry["image"]) for entry in cached]
         with torch.no_grad():
             self.model.initialise(images, cameras.camera_to_worlds, cameras.get_intrinsics_matrices(), CONSOLE.log)
+
+    def get_average_eval_image_metrics(self, step: int | None = None, output_path: Path | None = None, get_std=False):
+        """nerfstudio's average over the held-out views (ns-eval, and the trainer's all-image evaluation), each
+        view's camera first aligned to its image when ``eval_alignment_steps`` > 0 (see camera_refinement)."""
+        if self.eval_alignment_steps == 0:
+            return super().get_average_eval_image_metrics(step, output_path, get_std)
+        settings = PoseRefineSettings(steps=self.eval_alignment_steps)
+        loader = AlignedEvalImages(self.datamanager.fixed_indices_eval_dataloader, self.model, settings)
+        return self.get_average_image_metrics(loader, "eval", step, output_path, get_std)
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes):
         # Set-up time, with the run folder known: a dataparser that predicted cameras (da3-images) records them
