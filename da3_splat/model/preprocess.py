@@ -117,35 +117,14 @@ def list_images(path) -> list[Path]:
     return sorted(found, key=lambda p: _natural_key(p.name))
 
 
-def read_video_frames(path, max_frames: int | None = None, stride: int = 1) -> list[np.ndarray]:
-    """Decode every ``stride``-th frame of a video as RGB uint8, at most ``max_frames`` of them."""
-    path = Path(path)
-    if stride < 1:
-        raise InputError(f"frame stride must be >= 1, got {stride}")
-    if max_frames is not None and max_frames < 1:
-        raise InputError(f"max frames must be >= 1, got {max_frames}")
-    if not path.is_file():
-        raise InputError(f"video not found: {path}")
-    cap = cv2.VideoCapture(str(path))
-    frames: list[np.ndarray] = []
-    try:
-        if not cap.isOpened():
-            raise InputError(f"cannot open video {path}")
-        index = 0
-        while max_frames is None or len(frames) < max_frames:
-            if not cap.grab():  # grab() skips the colour conversion for frames we drop
-                break
-            if index % stride == 0:
-                ok, bgr = cap.retrieve()
-                if not ok or bgr is None:
-                    break
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            index += 1
-    finally:
-        cap.release()
-    if not frames:
-        raise InputError(f"no frames could be decoded from video {path}")
-    return frames
+def read_video_frames(path, max_frames: int | None = None, stride: int | str = 1) -> list[np.ndarray]:
+    """RGB uint8 frames of a video: black and duplicate frames dropped, then every ``stride``-th (or "auto":
+    spaced by motion), at most ``max_frames`` (:mod:`da3_splat.frame_selection`, which reads the video twice so
+    only the kept frames are decoded in full)."""
+    from da3_splat.frame_selection import read_frames_at, select_frames, video_signatures
+
+    selection = select_frames(video_signatures(path), stride, max_frames)
+    return read_frames_at(path, selection.kept)
 
 
 # ----------------------------------------------------------------------------------------------------
