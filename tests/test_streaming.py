@@ -25,7 +25,7 @@ from da3_splat.geometry import (
 )
 from da3_splat.geometry import umeyama as fit_umeyama
 from da3_splat.model.inference import Prediction
-from da3_splat.streaming import check_chunking, chunk_ranges, infer_streaming
+from da3_splat.streaming import check_chunking, chunk_ranges, describe_chunk, infer_streaming
 from tests.test_cli_predict import assert_user_error, run_cli
 
 
@@ -172,6 +172,26 @@ def test_an_unusable_overlap_is_a_one_line_error_naming_the_chunk(scene, broken,
     with pytest.raises(InputError, match=match) as e:
         infer_streaming(PerfectModel(scene, broken=broken), list(range(20)), chunk_size=8, overlap=3)
     assert "chunk 2/4 (frames 6-13)" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_overlap_that_cannot_be_trusted_falls_back_to_anchor_frames(scene):
+    class OverlapBlind(PerfectModel):  # a plain chunk's overlap views come back broken; with anchors they do not
+        def infer(self, images, **kw):
+            pred = super().infer(images, **kw)
+            if len(self.calls) > 1 and len(images) == 8:
+                pred.depth[:3] = np.nan
+            return pred
+
+    model = OverlapBlind(scene, seed=4)
+    pred = infer_streaming(model, list(range(20)), chunk_size=8, overlap=3)
+    rot, centre, depth = aligned_errors(pred, scene)
+    assert rot.max() < 1e-3 and centre.max() < 1e-4 and np.nanmax(depth) < 1e-4
+    chunks = pred.extra["streaming"]["chunks"]
+    # chunks 2 and 3 share 3 frames, all broken; the last chunk (moved back) shares 6, 3 of them intact
+    assert [c.get("fallback", "")[:7] for c in chunks] == ["", "anchors", "anchors", ""]
+    assert "confident pixels" in chunks[1]["overlap_failure"]
+    assert max(len(c) for c in model.calls) == 8 + 4  # the chunk and 4 anchors: still bounded by the chunk size
+    assert "aligned through anchors" in describe_chunk(chunks[1])
 
 
 def test_a_wrong_overlap_is_refused_not_merged(scene):
