@@ -152,8 +152,10 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(scenes, 
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     for k in a:
         # Summation order differs (two gradients all-reduced vs one batch); Adam divides by sqrt(v), so a
-        # parameter whose gradient is ~0 (the first camera's translation is fixed) can move by a few 1e-5.
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=k)
+        # parameter whose gradient is ~0 (the camera translation's bias: the first camera's translation is fixed)
+        # takes steps of ~lr whatever its gradient's rounding noise says: 1.3e-4 apart after 3 steps on 1 thread.
+        atol = 5e-4 if k.startswith("model.cam_dec.fc_t.") else 1e-4
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
     start = run_start_weights(scenes, arch, tmp_path)
     moved = sum(not torch.equal(a[k], start[k]) for k in a)
     assert moved > len(a) // 2  # the comparison is not between two untouched models
