@@ -177,6 +177,18 @@ def test_grey_rgba_16bit_and_mixed_sizes(root, model_dir):
     assert "the images come in 4 different sizes" in " ".join(res.stderr.split())
 
 
+def test_a_folder_with_one_image(root, model_dir):
+    """One photo is a monocular prediction: it runs, with one view and a camera for it."""
+    d = write_noise_images(root / "one_image", count=1)
+    out = root / "out_one"
+    res = run_cli("predict", d, "-o", out, "--model", model_dir, "--process-res", RES)
+    assert res.returncode == 0, res.stderr
+    info = json.loads((out / "prediction.json").read_text())
+    assert info["num_views"] == 1 and info["views"] == ["im0"]
+    frames = json.loads((out / "transforms.json").read_text())["frames"]
+    assert len(frames) == 1 and (out / "depth" / "im0.npz").is_file() and (out / "points.ply").is_file()
+
+
 def test_video(root, model_dir):
     path = root / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (128, 96))
