@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -26,9 +26,10 @@ from da3_splat.geometry import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2
 from da3_splat.pose_refine import PoseRefineSettings, refine_target_poses
 from nerfstudio_plugin.errors import DataError
 
-if TYPE_CHECKING:
-    from nerfstudio_plugin.model import DA3SplatModel
-    from nerfstudio_plugin.pipeline import DA3SplatPipelineConfig
+# The model and pipeline config are typed loosely: model.py and pipeline.py import this module, so naming their
+# classes here (even for type checkers only) would close an import cycle.
+DA3SplatModel = Any  # nerfstudio_plugin.model.DA3SplatModel
+DA3SplatPipelineConfig = Any  # nerfstudio_plugin.pipeline.DA3SplatPipelineConfig
 
 CameraRefinement = Literal["auto", "on", "off"]
 REFINED_MODE = "SO3xR3"  # splatfacto's recommended mode: rotation and translation corrected independently
