@@ -207,7 +207,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", type=int, help="run one CPU case and print JSON (used by the parent process)")
     ap.add_argument("--forward-case", type=int, help="run one forward-only case and print JSON (parent process)")
-    ap.add_argument("--path", default="forward-only", choices=["forward-only", "differentiable"])
+    ap.add_argument(
+        "--path", default="forward-only C", choices=["forward-only C", "forward-only torch", "differentiable"]
+    )
     ap.add_argument("--forward", action="store_true", help="only the forward-only section, updated in --out")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--forward-repeats", type=int, default=10)

@@ -1,7 +1,9 @@
 """The forward-only half of benchmarks/render.py: frame rate of the renderer without autograd at 480x270.
 
-Previews and viewers take the renderer's forward-only path (`rendering/fast.py`); each case times it against the
-differentiable path (`cpu.FORWARD_ONLY = False`) in its own process. Run through `benchmarks/render.py --forward`.
+Previews and viewers take the renderer's forward-only path (`rendering/fast.py`), compositing with the compiled
+kernel (`rendering/composite.c`) where it builds and with torch (`fast_composite.py`) elsewhere; each case times
+both against the differentiable path (`cpu.FORWARD_ONLY = False`), each in its own process. Run through
+`benchmarks/render.py --forward`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ RENDER_SCRIPT = str(Path(__file__).with_name("render.py"))  # its --forward-case
 FWD_W, FWD_H, FWD_SH = 480, 270, 1
 FWD_CASES = [("140k", 4, H, W), ("1M", 4, 375, 675)]
 FWD_BAR_FPS = 10.0  # the 141k case
+# path -> (cpu.FORWARD_ONLY, DA3_SPLAT_NATIVE); "forward-only C" is the default where a C compiler is found
+PATHS = {"differentiable": (False, "0"), "forward-only torch": (True, "0"), "forward-only C": (True, "1")}
 SECTION = ("<!-- forward-only:start -->", "<!-- forward-only:end -->")
 
 
@@ -56,7 +60,11 @@ def run_forward_case(index: int, path: str, repeats: int, threads: int) -> dict:
         with torch.no_grad():
             return render(gaussians, viewmats, Ks, FWD_W, FWD_H, sh_degree=FWD_SH, mode="RGB")
 
-    forward_only = path == "forward-only"
+    forward_only, os.environ["DA3_SPLAT_NATIVE"] = PATHS[path]
+    if path == "forward-only C":
+        from da3_splat.rendering import native
+
+        assert native.library() is not None, "the compiled renderer did not build"
     image = frame(forward_only)  # warm-up
     times, (busy0, own0) = [], cpu_seconds()
     for _ in range(repeats):
@@ -90,7 +98,7 @@ def forward_section(repeats: int, threads: list[int]) -> list[str]:
     rows = []
     for n_threads in threads:
         for i in range(len(FWD_CASES)):
-            for path in ("differentiable", "forward-only"):
+            for path in PATHS:
                 cmd = [
                     sys.executable,
                     RENDER_SCRIPT,
@@ -131,9 +139,11 @@ def forward_section(repeats: int, threads: list[int]) -> list[str]:
             "timed frames; wall-clock time per frame."
         ),
         (
-            "- Paths: *differentiable* is the renderer before the forward-only path (`cpu.FORWARD_ONLY = False`: "
-            "projection, SH and `_Composite` as for training); *forward-only* is what `render` now takes without "
-            "autograd (`rendering/fast.py`, `fast_composite.py`). Max abs diff: between the two images."
+            "- Paths: *differentiable* is the renderer as for training (`cpu.FORWARD_ONLY = False`: projection, SH "
+            "and `_Composite`); *forward-only torch* is what `render` takes without autograd where no C compiler "
+            "is found (`rendering/fast.py`, `fast_composite.py`); *forward-only C* is its default, the same "
+            "projection and SH with the compiled compositor (`rendering/composite.c`, built by `native.py`). "
+            "Max abs diff: against the differentiable path's image."
         ),
         "",
         "| case | source maps | Gaussians | threads | path | median | min | max | frames/s (median) | speed-up | "
@@ -145,7 +155,7 @@ def forward_section(repeats: int, threads: list[int]) -> list[str]:
         if "error" in r:
             lines.append(f"| {r['label']} | failed ({r['path']}): {r['error']} ||||||||||||")
             continue
-        fwd = r["path"] == "forward-only"
+        fwd = r["path"] != "differentiable"
         if not fwd:
             before[r["label"], r["threads"]] = r["median_s"]
         old = before.get((r["label"], r["threads"]))
@@ -161,7 +171,7 @@ def forward_section(repeats: int, threads: list[int]) -> list[str]:
             f"{r['load']:.2f} | {r['foreign']:.2f} |"
         )
     base = next(
-        (r for r in rows if r["label"] == "140k" and r.get("threads") == 2 and r.get("path") == "forward-only"),
+        (r for r in rows if r["label"] == "140k" and r.get("threads") == 2 and r.get("path") == "forward-only C"),
         None,
     )
     if base is not None and "error" not in base:
@@ -169,12 +179,17 @@ def forward_section(repeats: int, threads: list[int]) -> list[str]:
         verdict = "met" if 1 / t >= FWD_BAR_FPS else "NOT met"
         lines += [
             "",
-            f"- Bar: 141k forward-only at {FWD_W}x{FWD_H}, SH degree {FWD_SH}, 2 threads, at least "
+            f"- Bar: 141k forward-only (C, the default) at {FWD_W}x{FWD_H}, SH degree {FWD_SH}, 2 threads, at least "
             f"{FWD_BAR_FPS:.0f} frames/s: median {_ms(t)} = {1 / t:.1f} frames/s, **{verdict}**",
         ]
     lines += [
         "",
-        "Notes: the forward-only path composites the same (sub-tile, Gaussian) entries with the same rules, as dense",
+        "Notes: the C compositor bins Gaussians into 16-px tiles by a counting sort over the depth order and",
+        "composites each tile in one thread, Gaussian by Gaussian over its 1/255 pixel box, a tile row at a time as",
+        "one 16-lane vector (float32), skipping rows whose pixels have all stopped; threads take tiles from a shared",
+        "counter. At 1M Gaussians projection and SH colours (torch, shared by both forward-only paths) take most of",
+        "the frame. The torch compositor composites the",
+        "same (sub-tile, Gaussian) entries with the same rules, as dense",
         "(sub-tiles, pixels, entries) blocks: alpha in log2 space with one exp2, transmittance a cumulative product,",
         "colours a batched matrix product; Gaussians come in two front-to-back passes, the second leaving out those",
         "whose footprint lies on stopped sub-tiles, and each footprint row keeps only the sub-tiles its 1/255 ellipse",

@@ -1,5 +1,5 @@
 """The wheel carries what an installed da3-splat needs: the training presets and the tiny architecture
-(``da3_splat/configs``) and the bundled model, so that `da3-splat train tiny-synthetic` works outside a checkout."""
+(``da3_splat/configs``), the bundled model and the C renderer's source, so that `da3-splat train tiny-synthetic` works outside a checkout."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def test_wheel_ships_presets_and_bundled_model(wheel):
         "da3_splat/configs/arch/da3-tiny.json",
         "da3_splat/weights/da3-tiny-synthetic/model.safetensors",
         "da3_splat/weights/da3-tiny-synthetic/config.json",
+        "da3_splat/rendering/composite.c",  # the compiled renderer's source, built at first use
     ):
         assert name in names, name
 

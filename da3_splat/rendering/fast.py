@@ -4,6 +4,8 @@
 computes, with the same rules (`fast_composite.py` says how it composites), but skips the work a backward pass
 needs: projection is elementwise over structure-of-arrays instead of batched 3x3 products (the same formulas,
 rounded differently in the last bits), and SH colours are evaluated only for the Gaussians that are drawn.
+Compositing runs in C (`composite.c`, built at first use by `native.py`) where a C compiler is found, else in
+torch (`fast_composite.py`); both follow the same rules.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from da3_splat.rendering import native
 from da3_splat.rendering.fast_composite import chunks, composite_visible, visible
 from da3_splat.rendering.projection import JACOBIAN_FRUSTUM_MARGIN
 from da3_splat.sh import eval_sh_basis
@@ -136,7 +139,8 @@ def rasterize(
     if render_mode != "RGB":
         feats.append(depths.flatten().index_select(0, ids)[None])
     feats = torch.cat(feats)
-    render, alpha = composite_visible(ids, order, means2d, conics, opacities, radii, feats, width, height)
+    args = (ids, order, means2d, conics, opacities, radii, feats, width, height)
+    render, alpha = native.composite_visible(*args) or composite_visible(*args)  # C where it builds, else torch
     return render, alpha, radii, means2d, depths, conics, opacities
 
 
