@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from da3_splat.model.camera import CameraDecoder, CameraEncoder
 from da3_splat.model.config import DA3Config, get_config
-from da3_splat.model.dpt import DPTHead
+from da3_splat.model.dpt import HEAD_CHUNK, DPTHead
 from da3_splat.model.output import DA3Output
 from da3_splat.model.vit import DinoViT
 
@@ -39,7 +39,7 @@ class DA3(nn.Module):
             cls = NestedDA3
         return super().__new__(cls)
 
-    def __init__(self, config: DA3Config, head_chunk: int = 8):
+    def __init__(self, config: DA3Config, head_chunk: int = HEAD_CHUNK):
         super().__init__()
         self.config = config
         self.backbone = DinoViT(config.vit)
@@ -186,7 +186,7 @@ class DA3(nn.Module):
 class NestedDA3(DA3):
     """DA3's nested model: an any-view model composed with a metric model whose depth sets the scale."""
 
-    def __init__(self, config: DA3Config, head_chunk: int = 8):
+    def __init__(self, config: DA3Config, head_chunk: int = HEAD_CHUNK):
         nn.Module.__init__(self)
         self.config = config
         self.anyview = DA3(get_config(config.nested_anyview), head_chunk)

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from da3_splat.errors import WeightsError
 from da3_splat.files import atomic_path, write_json
 from da3_splat.model.config import CONFIGS, OFFICIAL_MODELS, DA3Config, get_config
+from da3_splat.model.dpt import HEAD_CHUNK
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -156,7 +157,7 @@ def _infer_config(cls, keys_shapes: dict[str, tuple]) -> DA3Config:
     raise WeightsError("no known DA3 architecture matches this file's keys; put a config.json beside it")
 
 
-def load_pretrained(cls, src, *, device="cpu", dtype=torch.float32, head_chunk: int = 8):
+def load_pretrained(cls, src, *, device="cpu", dtype=torch.float32, head_chunk: int = HEAD_CHUNK):
     weights, cfg = resolve_source(src)
     file_sd = _read_safetensors(weights)
     if cfg is None:
