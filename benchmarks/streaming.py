@@ -32,7 +32,8 @@ import numpy as np
 from _common import RESULTS, ROOT, loadavg, machine_header, md_table
 
 MODES = ("one pass", "streaming")
-HEADERS = ["frames", "mode", "peak RSS GiB", "added by inference GiB", "CUDA peak GiB", "s / frame", "ATE / extent",
+HEADERS = ["frames", "mode", "peak RSS GiB", "added by inference GiB", "of which outputs GiB", "working GiB",
+           "CUDA peak GiB", "s / frame", "ATE / extent",
            "rot. err deg, frames D apart"]  # fmt: skip
 GIB = 2.0**30
 
@@ -96,6 +97,8 @@ def child(args) -> None:
         "seconds_per_frame": seconds / len(images),
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_before": before,
+        # what the prediction returns (per-frame maps and images): linear in N whatever the method
+        "output_bytes": sum(v.nbytes for v in vars(pred).values() if isinstance(v, np.ndarray)),
         "cuda_peak": torch.cuda.max_memory_allocated() if args.device == "cuda" else None,
         "ate": ate,
         "rot_err_deg": rot,
@@ -153,18 +156,19 @@ def main() -> None:
             print(f"N={n}: rendered in {time.perf_counter() - t0:.1f} s ({scene.info['trajectory']})", flush=True)
             for mode in MODES:
                 if mode == "one pass" and args.one_pass_max is not None and n > args.one_pass_max:
-                    rows.append([n, mode, "skipped (--one-pass-max)", *[""] * 5])
+                    rows.append([n, mode, "skipped (--one-pass-max)", *[""] * 7])
                     continue
                 r = run_one(path, mode, args)
                 print(f"N={n} {mode}: {r}", flush=True)
                 if "error" in r:
-                    rows.append([n, mode, f"failed: {r['error']}", *[""] * 5])
+                    rows.append([n, mode, f"failed: {r['error']}", *[""] * 7])
                     continue
                 cuda = "" if r["cuda_peak"] is None else f"{r['cuda_peak'] / GIB:.2f}"
                 rss, added = r["peak_rss"] / GIB, (r["peak_rss"] - r["rss_before"]) / GIB
                 rot = f"{r['rot_err_deg']:.2f} (D={r['rot_step']})"
-                rows.append([n, mode, f"{rss:.2f}", f"{added:.2f}", cuda, f"{r['seconds_per_frame']:.3f}",
-                             f"{r['ate']:.3f}", rot])  # fmt: skip
+                outputs = r["output_bytes"] / GIB
+                rows.append([n, mode, f"{rss:.2f}", f"{added:.2f}", f"{outputs:.2f}", f"{added - outputs:.2f}", cuda,
+                             f"{r['seconds_per_frame']:.3f}", f"{r['ate']:.3f}", rot])  # fmt: skip
     cmd = " ".join(["python", "benchmarks/streaming.py", *sys.argv[1:]])
     extra = [f"- load average (1/5/15 min): {load_before} at start, {loadavg()} at end"]
     text = machine_header("Streaming inference vs one pass on long trajectories", extra)
@@ -174,6 +178,11 @@ def main() -> None:
         f"synthetic scene (seed {args.seed}) per N, each run in its own process on {args.device}.\n\n"
     )
     text += md_table(HEADERS, rows)
+    text += (
+        "\n'added by inference': peak RSS minus the RSS before inference (imports, model and the input images); "
+        "'of which outputs': the arrays the prediction returns (depth, confidence, processed images, cameras), "
+        "which grow with N whatever the method; 'working': the rest, what the method itself needs.\n"
+    )
     text += (
         "\nATE after one Sim(3) on all camera centres, over the largest centre distance from their mean; rotation "
         "error: mean error of the relative rotation between frames D = min(100, N - 1) apart. With the bundled "
