@@ -62,6 +62,9 @@ def chunks(views: Sequence[int], chunk_size: int) -> list[list[int]]:
     return [list(map(int, part)) for part in np.array_split(np.asarray(views), parts)] if parts else []
 
 
+MERGE_AT = 8  # pixel Gaussians held before an intermediate merge, in multiples of the budget
+
+
 def feedforward_gaussians(
     images: Sequence[np.ndarray],
     c2w_gl: Tensor,
@@ -85,7 +88,7 @@ def feedforward_gaussians(
     use_head = settings.use_gs_head and model.has_gs_head
     if not model.has_cameras:
         raise InputError(f"{settings.weights} predicts no cameras and cannot take the dataset's; use an any-view model")
-    parts, sources = [], set()
+    parts, sources, n_pixels = [], set(), 0
     for run in chunks(views, settings.chunk_size):
         k = unit_spacing_scale(w2c[run])
         scaled = w2c[run].copy()
@@ -100,14 +103,17 @@ def feedforward_gaussians(
         )
         g, source = gaussians_from_prediction(
             pred, None, settings.conf_percentile, prefer_head=use_head, device=device
-        )  # no merging yet: the budget applies to all chunks together
+        )  # merged below, over all chunks together
         parts.append(g.detach().transformed(torch.eye(3), torch.zeros(3), 1.0 / k))
         sources.add(source)
+        n_pixels += g.num_gaussians
+        if sum(p.num_gaussians for p in parts) > MERGE_AT * settings.max_gaussians:
+            # Bound memory on long captures: merge what the chunks gave so far (to twice the budget, so that
+            # the final merge still sees every part at a finer grain), instead of holding every pixel to the end.
+            parts = [reduce_to_budget(Gaussians.cat(parts), max_gaussians=2 * settings.max_gaussians)]
     del model
     gc.collect()
-    g = Gaussians.cat(parts)
-    n_pixels = g.num_gaussians
-    g = reduce_to_budget(g, max_gaussians=settings.max_gaussians)
+    g = reduce_to_budget(Gaussians.cat(parts), max_gaussians=settings.max_gaussians)
     log(
         f"DA3 ({', '.join(sorted(sources))}) on {len(views)} of {len(images)} training views: "
         f"{n_pixels:,} pixel Gaussians -> {g.num_gaussians:,}"

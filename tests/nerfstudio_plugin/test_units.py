@@ -362,3 +362,33 @@ def test_bundled_model_starts_far_ahead_of_a_random_start(synthetic_scene):
         psnr[init] = _target_psnr(model, test.cameras, load(test))
     # Measured: 20.3 vs 14.7 dB. A broken placement (scale, cameras, opacities) lands near or below the random one.
     assert psnr["da3"] > psnr["random"] + 1.0 and psnr["da3"] > 15.5, psnr
+
+
+def test_long_captures_merge_as_they_go(monkeypatch):
+    """Past MERGE_AT x the budget of pixel Gaussians, the chunks so far are merged (to twice the budget) before the
+    next one, so a long capture never holds every pixel; the final start still meets the budget."""
+    from nerfstudio_plugin import initialise
+    from tests.nerfstudio_plugin.conftest import tiny_da3
+
+    model = tiny_da3(False)
+    h, w = 126, 224
+    gen = np.random.default_rng(0)
+    images = [gen.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(6)]
+    c2w = torch.eye(4).repeat(6, 1, 1)
+    c2w[:, 0, 3] = torch.linspace(0, 1, 6)
+    K = torch.tensor([[200.0, 0, w / 2], [0, 200.0, h / 2], [0, 0, 1]]).repeat(6, 1, 1)
+    merges = []
+    real = initialise.reduce_to_budget
+    monkeypatch.setattr(
+        initialise, "reduce_to_budget", lambda g, **kw: merges.append((g.num_gaussians, kw)) or real(g, **kw)
+    )
+    monkeypatch.setattr(initialise, "MERGE_AT", 1)
+    settings = initialise.FeedForwardSettings("tiny", 0, 2, None, 3000, 0.0, False)
+    said = []
+    g = initialise.feedforward_gaussians(images, c2w, K, settings, "cpu", lambda *a: model, log=said.append)
+    assert g.num_gaussians <= 3000
+    intermediate = [n for n, kw in merges if kw["max_gaussians"] == 6000]
+    chunk = intermediate[0]  # the first chunk's pixels (2 views) alone pass the threshold
+    assert len(intermediate) == 3 and all(n <= chunk + 6000 for n in intermediate), merges  # never all 6 views
+    total = int(said[0].split(" pixel Gaussians")[0].split(": ")[-1].replace(",", ""))
+    assert total > 2.5 * chunk and said[0].endswith(f"-> {g.num_gaussians:,}")
