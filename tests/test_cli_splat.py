@@ -13,7 +13,7 @@ from da3_splat.commands.splat import SplatConfig, fit_to_inputs, path_cameras
 from da3_splat.data.transforms import read_transforms
 from da3_splat.ply import read_ply
 from da3_splat.rendering.camera_path import find_ffmpeg, fit_size
-from tests.test_cli_predict import assert_user_error, run_cli, write_noise_images
+from tests.cli_helpers import assert_user_error, run_cli, write_noise_images
 
 MODEL = "random:da3-small"
 BUDGET = 3000

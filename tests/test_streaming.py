@@ -26,7 +26,7 @@ from da3_splat.geometry import (
 from da3_splat.geometry import umeyama as fit_umeyama
 from da3_splat.model.inference import Prediction
 from da3_splat.streaming import check_chunking, chunk_ranges, describe_chunk, infer_streaming
-from tests.test_cli_predict import assert_user_error, run_cli
+from tests.cli_helpers import assert_user_error, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from da3_splat.ply import read_ply, write_ply
 from da3_splat.reduce import reduce_to_budget
 from da3_splat.viewer.loading import load_scene
 from da3_splat.viewer.selection import SelectionParams, Selector, display_covariances, save_selection
-from tests.test_cli_predict import assert_user_error, run_cli
+from tests.cli_helpers import assert_user_error, run_cli
 
 H, W, S = 48, 80, 4
 NAMES = [f"v{i}" for i in range(S)]
