@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from da3_splat import cli
 
@@ -61,3 +62,21 @@ def save_random_small_model(folder: Path) -> Path:
 
     torch.manual_seed(0)
     return DA3.from_config("da3-small").save_pretrained(folder)
+
+
+# Fixtures shared by the predict test modules (each imports them: one instance per module)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def model_dir(root):
+    return save_random_small_model(root / "model")
+
+
+@pytest.fixture(scope="module")
+def images(root):
+    return write_noise_images(root / "images")

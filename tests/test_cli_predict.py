@@ -20,34 +20,22 @@ from da3_splat import cli
 from da3_splat.commands.predict import PredictConfig
 from da3_splat.data.transforms import read_transforms, write_transforms
 from da3_splat.inputs import match_poses, unique_names
-from tests.cli_helpers import (
+from tests.cli_helpers import (  # noqa: F401 (root, model_dir, images: fixtures)
     RES,
     assert_user_error,
     cli_command,
     cli_env,
+    images,
+    model_dir,
     noise,
+    root,
     run_cli,
     save_random_small_model,
     write_noise_images,
 )
 
 # --------------------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("cli")
-
-
-@pytest.fixture(scope="module")
-def model_dir(root):
-    return save_random_small_model(root / "model")
-
-
-@pytest.fixture(scope="module")
-def images(root):
-    return write_noise_images(root / "images")
+# Fixtures: root, model_dir and images come from tests/cli_helpers.py
 
 
 @pytest.fixture(scope="module")

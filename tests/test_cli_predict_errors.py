@@ -18,33 +18,17 @@ from da3_splat.commands.predict import PredictConfig
 from da3_splat.data.transforms import write_transforms
 from da3_splat.errors import InputError
 from da3_splat.files import INCOMPLETE_MARKER, check_output_dir
-from tests.cli_helpers import (
+from tests.cli_helpers import (  # noqa: F401 (root, model_dir, images: fixtures)
     RES,
     assert_user_error,
     cli_command,
     cli_env,
+    images,
+    model_dir,
+    root,
     save_random_small_model,
     write_noise_images,
 )
-
-# --------------------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("cli")
-
-
-@pytest.fixture(scope="module")
-def model_dir(root):
-    return save_random_small_model(root / "model")
-
-
-@pytest.fixture(scope="module")
-def images(root):
-    return write_noise_images(root / "images")
-
 
 # --------------------------------------------------------------------------------------------------
 # User errors: one line on stderr, exit status 1, no traceback. The cases the issue lists run as real

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from da3_splat.gaussians import Gaussians
-from da3_splat.rendering import cpu, fast, fast_composite, render
+from da3_splat.rendering import cpu, fast, fast_composite, native, render
 from tests.render.test_render import H, W, cameras, composite_brute, random_gaussians
 
 MODES = ["RGB", "D", "ED", "RGB+D", "RGB+ED"]
@@ -89,9 +89,20 @@ def test_projection_matches_cpu_project():
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
-def test_compositor_matches_brute_force_at_tile_edges_and_early_stop():
+def native_composite(means2d, conics, colors, opacities, radii, depths, width, height):
+    """`fast_composite.composite`'s contract, through the compiled compositor (`rendering/composite.c`)."""
+    C, N, D = colors.shape
+    ids, order = fast_composite.visible(radii, opacities, depths)
+    feats = colors.reshape(C * N, D).index_select(0, ids).T
+    out = native.composite_visible(ids, order, means2d, conics, opacities, radii, feats, width, height)
+    assert out is not None, "the compiled compositor is unavailable"
+    return out
+
+
+@pytest.mark.parametrize("composite", [fast_composite.composite, native_composite], ids=["torch", "C"])
+def test_compositor_matches_brute_force_at_tile_edges_and_early_stop(composite):
     """The two rule cases of `test_render.py` (gsplat's 16-px tile rule, the kernel's early stop), plus both at
-    once in one image, for the forward-only compositor."""
+    once in one image, for both forward-only compositors."""
     dtype = torch.float64
     var = (3.0 - 1e-3) ** 2 - 0.1  # radius 9 ends exactly at a tile edge: alpha beyond it is left out
     means2d = torch.tensor([[[25.01, 12.0], [30.0, 20.0], [7.5, 7.5], [7.5, 7.5], [7.5, 7.5]]], dtype=dtype)
@@ -101,7 +112,7 @@ def test_compositor_matches_brute_force_at_tile_edges_and_early_stop():
     radii = torch.tensor([[9, 5, 14, 14, 14]], dtype=torch.int32)
     depths = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]], dtype=dtype)
     args = (means2d, conics, colors, opacities, radii, depths, 48, 32)
-    img, alpha = fast_composite.composite(*args)
+    img, alpha = composite(*args)
     want_img, want_alpha = composite_brute(*args)
     torch.testing.assert_close(img, want_img, atol=1e-12, rtol=0)
     torch.testing.assert_close(alpha, want_alpha, atol=1e-12, rtol=0)

@@ -1,6 +1,7 @@
 """The compiled compositor (`rendering/composite.c`, built by `native.py`): the forward-only path's default where a
 C compiler is found. It must give what the brute force, the torch compositor and the differentiable path give,
-build once per source into its cache, and fall back to torch (with one warning) where it cannot be built.
+build once per source into its cache, and fall back to torch (with one warning) where it cannot be built. (The
+tile-edge and early-stop cases run for both compositors in test_fast.py.)
 
 A machine without a C compiler fails these tests instead of skipping them: `make test` must check the path
 that previews and viewers take."""
@@ -10,18 +11,8 @@ import warnings
 import torch
 
 from da3_splat.rendering import fast_composite, native, render
-from tests.render.test_fast import both_paths
+from tests.render.test_fast import both_paths, native_composite
 from tests.render.test_render import H, W, cameras, composite_brute, random_gaussians
-
-
-def native_composite(means2d, conics, colors, opacities, radii, depths, width, height):
-    """`fast_composite.composite`'s contract, through the C compositor."""
-    C, N, D = colors.shape
-    ids, order = fast_composite.visible(radii, opacities, depths)
-    feats = colors.reshape(C * N, D).index_select(0, ids).T
-    out = native.composite_visible(ids, order, means2d, conics, opacities, radii, feats, width, height)
-    assert out is not None, "the compiled compositor is unavailable"
-    return out
 
 
 def test_builds_once_per_source_into_its_cache(tmp_path, monkeypatch):
@@ -31,25 +22,6 @@ def test_builds_once_per_source_into_its_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))  # a second build would fail: it must not run
     assert native.build(tmp_path) == lib and lib.stat().st_mtime_ns == mtime
     assert [p.name for p in tmp_path.iterdir()] == [lib.name]  # no temporary files left behind
-
-
-def test_tile_edges_and_early_stop_match_the_brute_force():
-    """The rule cases of `test_render.py`: gsplat's 16-px tile rule and the kernel's early stop, in float64."""
-    dtype = torch.float64
-    var = (3.0 - 1e-3) ** 2 - 0.1  # radius 9 ends exactly at a tile edge: alpha beyond it is left out
-    means2d = torch.tensor([[[25.01, 12.0], [30.0, 20.0], [7.5, 7.5], [7.5, 7.5], [7.5, 7.5]]], dtype=dtype)
-    conics = torch.tensor([[[1 / var, 0.0, 1 / var], [0.5, 0.1, 0.4]] + [[0.05, 0.0, 0.05]] * 3], dtype=dtype)
-    colors = torch.tensor([[[1.0, 0.5], [0.2, 0.7], [1.0, 0.1], [2.0, 0.2], [3.0, 0.3]]], dtype=dtype)
-    opacities = torch.tensor([[0.999, 0.8, 0.995, 0.995, 0.995]], dtype=dtype)
-    radii = torch.tensor([[9, 5, 14, 14, 14]], dtype=torch.int32)
-    depths = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]], dtype=dtype)
-    args = (means2d, conics, colors, opacities, radii, depths, 48, 32)
-    img, alpha = native_composite(*args)
-    want_img, want_alpha = composite_brute(*args)
-    torch.testing.assert_close(img, want_img, atol=1e-12, rtol=0)
-    torch.testing.assert_close(alpha, want_alpha, atol=1e-12, rtol=0)
-    assert (composite_brute(*args, tile_rule=False)[1] - alpha).abs().max() > 1e-3  # the tile rule matters
-    assert (composite_brute(*args, stop=False)[1] - alpha).abs().max() > 1e-3  # so does the stop
 
 
 def test_random_scenes_match_brute_force_and_torch_compositor():
