@@ -41,20 +41,32 @@ def cache_dir() -> Path:
 
 
 def build(out_dir: Path | None = None) -> Path:
-    """Compile `composite.c` into `out_dir` (default: the cache) unless already there -> the library's path.
-    Raises RuntimeError with the compiler's message when it cannot be built."""
+    """Compile `composite.c` into `out_dir` (default: the cache, or the temporary folder where the cache cannot be
+    written) unless already there -> the library's path. Raises RuntimeError with the compiler's message when it
+    cannot be built, OSError when no folder can take it."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise RuntimeError("no C compiler found (cc, gcc or clang; or set CC)")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _cpu().encode()])).hexdigest()
-    out_dir = out_dir or cache_dir()
-    lib = out_dir / f"composite-{key[:16]}.so"
-    if lib.is_file():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    name = f"composite-{key[:16]}.so"
+    if out_dir is not None:
+        dirs = [out_dir]
+    else:  # a cache we cannot write (a read-only home) falls back to the temporary folder
+        dirs = [cache_dir(), Path(tempfile.gettempdir()) / f"da3-splat-{os.getuid() if hasattr(os, 'getuid') else 0}"]
+    for folder in dirs:
+        if (folder / name).is_file():
+            return folder / name
+    for i, folder in enumerate(dirs):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+            break
+        except OSError:
+            if i == len(dirs) - 1:
+                raise
     os.close(fd)
+    lib = folder / name
     try:
         cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -98,3 +98,13 @@ def test_without_a_compiler_render_falls_back_to_torch_with_one_warning(tmp_path
     monkeypatch.setenv("DA3_SPLAT_NATIVE", "0")  # switched off: the torch path, no build attempted
     empty = (torch.zeros(0, dtype=torch.int64),) * 2 + (torch.zeros(1, 0, 2), torch.zeros(1, 0, 3), torch.zeros(1, 0))
     assert native.composite_visible(*empty, torch.zeros(1, 0, dtype=torch.int32), torch.zeros(3, 0), W, H) is None
+
+
+def test_an_unwritable_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("DA3_SPLAT_CACHE", str(tmp_path / "file" / "cache"))  # cannot be created
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    lib = native.build()
+    assert lib.parent.parent == tmp_path / "tmp" and lib.is_file()
+    assert native.build() == lib  # found there next time, not rebuilt
