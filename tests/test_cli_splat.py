@@ -13,22 +13,12 @@ from da3_splat.commands.splat import SplatConfig, fit_to_inputs, path_cameras
 from da3_splat.data.transforms import read_transforms
 from da3_splat.ply import read_ply
 from da3_splat.rendering.camera_path import find_ffmpeg, fit_size
-from tests.cli_helpers import assert_user_error, run_cli, write_noise_images
+from tests.cli_helpers import assert_user_error, images, root, run_cli  # noqa: F401 (images, root: fixtures)
 
 MODEL = "random:da3-small"
 BUDGET = 3000
 COMMON = ("--model", MODEL, "--process-res", "84")
 VIDEO_SIZE = 40  # the path frames' longest side, below the views' 84
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("cli_splat")
-
-
-@pytest.fixture(scope="module")
-def images(root):
-    return write_noise_images(root / "images")
 
 
 @pytest.fixture(scope="module")

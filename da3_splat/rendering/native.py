@@ -44,9 +44,6 @@ def build(out_dir: Path | None = None) -> Path:
     """Compile `composite.c` into `out_dir` (default: the cache, or the temporary folder where the cache cannot be
     written) unless already there -> the library's path. Raises RuntimeError with the compiler's message when it
     cannot be built, OSError when no folder can take it."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        raise RuntimeError("no C compiler found (cc, gcc or clang; or set CC)")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _cpu().encode()])).hexdigest()
     name = f"composite-{key[:16]}.so"
@@ -57,6 +54,10 @@ def build(out_dir: Path | None = None) -> Path:
     for folder in dirs:
         if (folder / name).is_file():
             return folder / name
+    # A library built earlier needs no compiler: look for one only now.
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (cc, gcc or clang; or set CC)")
     for i, folder in enumerate(dirs):
         try:
             folder.mkdir(parents=True, exist_ok=True)
