@@ -119,6 +119,7 @@ def predict(
     geometry: bool = False,
     nvs: bool = True,
     ref_view_strategy: str | None = None,
+    keep_features: bool = False,
 ) -> DA3Output:
     """Run DA3 on the context views. Returns the model's outputs plus, when ``nvs``, ``gaussians`` (batched, in
     the normalised GT frame). ``geometry`` also computes the ray branch (for the geometry losses).
@@ -135,6 +136,7 @@ def predict(
         infer_gs=nvs,
         return_rays=geometry,
         gs_cameras=cams if nvs else None,
+        keep_features=keep_features,
     )
     if nvs and not posed:
         R, t, s = first_camera_alignment(out.extrinsics, batch.context_w2c)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import tyro
 
-from da3_splat.data.synthetic import SyntheticConfig, make_synthetic
+from da3_splat.data.synthetic import TRAJECTORIES, SyntheticConfig, make_synthetic
 from da3_splat.errors import InputError
 
 
@@ -29,6 +29,9 @@ class MakeSyntheticCommand:
     """Rendered height (the files state intrinsics at 4x this, like DL3DV)."""
     width: int = 480
     """Rendered width."""
+    trajectories: tuple[str, ...] = TRAJECTORIES
+    """Camera path kinds, one drawn per scene: orbit, dolly, figure8, and (opt-in) pan, a handheld pan with little
+    parallax."""
     seed: int = 0
     """Seed: the same seed gives the same bytes, whatever the number of workers."""
     workers: int | None = None
@@ -41,7 +44,9 @@ def run_make_synthetic(cmd: MakeSyntheticCommand) -> list[Path]:
     if cmd.scenes < 1:
         raise InputError("--scenes must be at least 1")
     try:
-        cfg = SyntheticConfig(frames=cmd.frames, height=cmd.height, width=cmd.width, seed=cmd.seed)
+        cfg = SyntheticConfig(
+            frames=cmd.frames, height=cmd.height, width=cmd.width, trajectories=cmd.trajectories, seed=cmd.seed
+        )
     except ValueError as e:
         raise InputError(str(e)) from None
     start = time.perf_counter()

@@ -13,7 +13,10 @@ import numpy as np
 from da3_splat.data._synth_raycast import Light, SceneGeometry
 from da3_splat.data._synth_textures import KINDS, random_color, random_material
 
-TRAJECTORIES = ("orbit", "dolly", "figure8")
+TRAJECTORIES = ("orbit", "dolly", "figure8")  # the default mix
+# "pan" (opt-in): a handheld pan, rotation with little parallax. The cross-view signal of a rotation is a plain
+# image shift there, an easier start for a network that has to learn to match views from scratch.
+TRAJECTORY_KINDS = (*TRAJECTORIES, "pan")
 WALL_MARGIN = 0.6  # metres between the camera and any wall, floor or ceiling
 OBJECT_CLEARANCE = 0.6  # metres (horizontal) between the camera path and any object
 
@@ -99,6 +102,18 @@ def _figure8(rng, lo, hi, s):
     return np.stack([x, y, z], 1), target + wander
 
 
+def _pan(rng, lo, hi, s):
+    """A handheld pan: yaw sweeps 30-90 degrees (either way), pitch drifts, the camera sways a few centimetres."""
+    mid, half = (lo + hi)[[0, 2]] / 2, _free_half(lo, hi)
+    xz = mid + rng.uniform(-1, 1, 2) * np.maximum(half - 0.1, 0.0)
+    yaw = rng.uniform(0, 2 * np.pi) + rng.choice([-1, 1]) * np.radians(rng.uniform(30, 90)) * (s - 0.5)
+    pitch = np.radians(rng.uniform(-25, 0)) + _smooth(rng, s, np.radians(6))
+    look = np.stack([np.cos(yaw) * np.cos(pitch), np.sin(pitch), np.sin(yaw) * np.cos(pitch)], 1)
+    sway = np.stack([_smooth(rng, s, 0.05), np.zeros_like(s), _smooth(rng, s, 0.05)], 1)
+    path = np.stack([np.full_like(s, xz[0]), _eye_height(rng, lo, hi, s, 0.03), np.full_like(s, xz[1])], 1) + sway
+    return path, path + 2.0 * look
+
+
 def _view_distance(lo, hi, origin, direction) -> float:
     """Distance from origin along direction to the room's boundary."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -126,7 +141,7 @@ def sample_trajectory(
     distance shrinks every 100 draws."""
     s = np.linspace(0.0, 1.0, frames)
     kind = str(rng.choice(kinds))
-    draw = {"orbit": _orbit, "dolly": _dolly, "figure8": _figure8}[kind]
+    draw = {"orbit": _orbit, "dolly": _dolly, "figure8": _figure8, "pan": _pan}[kind]
     for attempt in range(1000):
         centers, targets = draw(rng, lo, hi, s)
         inside = np.all(centers > lo + WALL_MARGIN - 1e-6) and np.all(centers < hi - WALL_MARGIN + 1e-6)

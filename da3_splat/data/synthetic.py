@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from da3_splat.data._synth_layout import TRAJECTORIES, look_at_w2c, sample_scene
+from da3_splat.data._synth_layout import TRAJECTORIES, TRAJECTORY_KINDS, look_at_w2c, sample_scene
 from da3_splat.data._synth_raycast import SceneGeometry, screen_windows, shade, trace
 from da3_splat.data._synth_textures import noise_table
 from da3_splat.data.sampling import eval_views_for_cameras
@@ -78,8 +78,8 @@ class SyntheticConfig:
                 raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high, got {(lo, hi)}")
         if min(self.room_width[0], self.room_depth[0]) < 2.5 or self.room_height[0] < 2.2:
             raise ValueError("rooms must be at least 2.5 m wide/deep and 2.2 m high to fit a camera path")
-        if not self.trajectories or set(self.trajectories) - set(TRAJECTORIES):
-            raise ValueError(f"trajectories must be a non-empty subset of {TRAJECTORIES}, got {self.trajectories}")
+        if not self.trajectories or set(self.trajectories) - set(TRAJECTORY_KINDS):
+            raise ValueError(f"trajectories must be a non-empty subset of {TRAJECTORY_KINDS}, got {self.trajectories}")
 
 
 @dataclass

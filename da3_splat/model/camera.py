@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from da3_splat.geometry import cameras_to_pose_encoding, pose_encoding_to_cameras, rigid_inverse
@@ -31,14 +32,17 @@ class CameraEncoder(nn.Module):
 class CameraDecoder(nn.Module):
     """Raw camera token of the last out layer -> [t, q_xyzw, fov_h, fov_w] (camera-to-world)."""
 
-    def __init__(self, dim_in: int):
+    def __init__(self, dim_in: int, normalize_token: bool = False):
         super().__init__()
+        self.normalize_token = normalize_token  # DA3Config.camera_token_norm
         self.backbone = nn.Sequential(nn.Linear(dim_in, dim_in), nn.ReLU(), nn.Linear(dim_in, dim_in), nn.ReLU())
         self.fc_t = nn.Linear(dim_in, 3)
         self.fc_qvec = nn.Linear(dim_in, 4)
         self.fc_fov = nn.Sequential(nn.Linear(dim_in, 2), nn.ReLU())
 
     def forward(self, token: Tensor) -> Tensor:
+        if self.normalize_token:
+            token = F.layer_norm(token, token.shape[-1:])
         h = self.backbone(token)
         return torch.cat([self.fc_t(h), self.fc_qvec(h), self.fc_fov(h)], dim=-1)
 

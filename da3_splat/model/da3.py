@@ -46,7 +46,7 @@ class DA3(nn.Module):
         self.head = DPTHead(config.head, config.head_dim_in, head_chunk)
         if config.camera:
             self.cam_enc = CameraEncoder(config.vit.dim)
-            self.cam_dec = CameraDecoder(config.head_dim_in)
+            self.cam_dec = CameraDecoder(config.head_dim_in, config.camera_token_norm)
         if config.gs_head is not None:
             self.gs_head = DPTHead(config.gs_head.dpt, config.head_dim_in, head_chunk)
 

@@ -87,6 +87,9 @@ class LossSpec:
     head's depth offset where to trust a plane sweep. Log-L1 in the context cameras."""
     geometry: float = 1.0
     """Weight of the DA3 depth-ray losses when geometry is trained."""
+    matching: float = 0.0
+    """Geometry training: weight of the cross-view matching term on the backbone's first out-layer patch features
+    (``train.matching``; a training-time auxiliary that teaches views to find each other)."""
 
 
 @dataclass

@@ -27,7 +27,10 @@ def compute_loss(
         # Condition on the cameras in the frame the geometry losses score in (first camera, unit mean point distance),
         # so the depth the model is asked for has the scale of the cameras it is given, whatever the baseline.
         batch = rescaled(batch, losses.normalize_scene(batch.context_w2c, batch.context_depth, batch.context_K).scale)
-    out = predict(model, batch, posed=posed, geometry=geometry, nvs=nvs, ref_view_strategy=strategy)
+    matching = geometry and cfg.loss.matching > 0
+    out = predict(
+        model, batch, posed=posed, geometry=geometry, nvs=nvs, ref_view_strategy=strategy, keep_features=matching
+    )
     total = torch.zeros((), device=batch.context_images.device)
     parts: dict[str, float] = {}
     render = None
@@ -60,5 +63,11 @@ def compute_loss(
         g, p = losses.geometry_losses(out, gt, normalize=not (posed and nvs))
         total = total + cfg.loss.geometry * g
         parts.update({f"geometry/{k}": float(v) for k, v in p.items()})
+    if matching:
+        from da3_splat.train.matching import matching_loss
+
+        m, accuracy = matching_loss(out.features[0], batch.context_depth, batch.context_w2c, batch.context_K)
+        total = total + cfg.loss.matching * m
+        parts.update({"matching/loss": float(m.detach()), "matching/accuracy": float(accuracy)})
     parts["loss"] = float(total.detach())
     return total, parts, render
