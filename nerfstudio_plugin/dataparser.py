@@ -65,6 +65,10 @@ class DA3ImagesDataParserConfig(DataParserConfig):
     scale_factor: float = 1.0
     cameras: Path | None = None
     """A transforms.json written by an earlier run (set automatically in the run's config): reuse its cameras."""
+    colmap: bool = False
+    """Also write the predicted cameras and a point cloud from DA3's confident depth as a COLMAP sparse model in the
+    run folder (colmap/sparse/0 and colmap/images, the images at the size DA3 saw them), for gsplat's
+    simple_trainer.py, the original 3DGS code or nerfstudio's colmap dataparser. Needs pycolmap."""
 
 
 class DA3ImagesDataParser(DataParser):
@@ -74,6 +78,7 @@ class DA3ImagesDataParser(DataParser):
         super().__init__(config)
         self._images: list[Path] | None = None
         self._cameras: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # w2c, K, sizes (H, W)
+        self._geometry: PassGeometry | None = None  # what DA3 saw and its depth, for --colmap
 
     # ----------------------------------------------------------------------------------------------
     # nerfstudio's entry point
@@ -181,8 +186,14 @@ class DA3ImagesDataParser(DataParser):
         model = load_da3(self.config.weights, device)
         if not model.has_cameras:
             raise DataError(f"{self.config.weights} predicts no cameras; da3-images needs an any-view model")
+        if self.config.colmap:
+            from da3_splat.colmap_export import require_pycolmap
+
+            require_pycolmap()  # one line, before the model runs
         CONSOLE.log(f"DA3 predicts the cameras of {len(images)} images")
-        w2c, K = predict_cameras(model, images, self.config.process_res, self.config.max_views_per_pass)
+        geometry = PassGeometry() if self.config.colmap else None
+        w2c, K = predict_cameras(model, images, self.config.process_res, self.config.max_views_per_pass, geometry)
+        self._geometry = geometry
         sizes = np.array([im.shape[:2] for im in images], dtype=np.int64)
         return w2c, K, sizes
 
@@ -198,11 +209,49 @@ class DA3ImagesDataParser(DataParser):
         file = write_transforms(run_dir / TRANSFORMS_FILE, rel, w2c, K, sizes)
         self.config.cameras = file
         CONSOLE.log(f"Cameras predicted by DA3 written to {file}")
+        if self.config.colmap:
+            self._write_colmap(run_dir)
         return file
 
+    def _write_colmap(self, run_dir: Path) -> None:
+        if self._geometry is None or self._images is None:
+            CONSOLE.print("[yellow]warning:[/] no COLMAP model: the cameras were read from a file, not predicted")
+            return
+        from PIL import Image
 
-def predict_cameras(model, images: list[np.ndarray], process_res: int | None, max_views: int):
+        from da3_splat.colmap_export import write_colmap_model
+
+        g, w2c = self._geometry, self._cameras[0]
+        if len({d.shape for d in g.depth}) > 1:
+            CONSOLE.print("[yellow]warning:[/] no COLMAP model: DA3 saw the images at different sizes")
+            return
+        out = run_dir / "colmap"
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        names = [f"{p.stem}.png" for p in self._images]
+        if len(set(names)) != len(names):  # photo.jpg and photo.png
+            names = [f"{i:05d}_{p.stem}.png" for i, p in enumerate(self._images)]
+        for name, image in zip(names, g.images):
+            Image.fromarray(image).save(out / "images" / name)
+        info = write_colmap_model(out, names, np.stack(g.images), np.stack(g.depth), np.stack(g.conf), w2c, g.K)
+        CONSOLE.log(f"COLMAP model ({info['num_points']} points) written to {out / info['path']}")
+
+
+@dataclass
+class PassGeometry:
+    """Per image, what DA3 saw (uint8, processed size), its depth and confidence in the merged frame and its
+    intrinsics in processed pixels (filled by :func:`predict_cameras`)."""
+
+    images: list = field(default_factory=list)
+    depth: list = field(default_factory=list)
+    conf: list = field(default_factory=list)
+    K: np.ndarray | None = None
+
+
+def predict_cameras(
+    model, images: list[np.ndarray], process_res: int | None, max_views: int, geometry: PassGeometry | None = None
+):
     """DA3's cameras for every image, in one frame: w2c (N, 4, 4), K (N, 3, 3) in pixels of each image.
+    ``geometry``: also fill it (depth scaled into the merged frame with each pass's similarity).
 
     More images than ``max_views`` run in passes that all include the same ``ANCHORS`` views (spread over the
     sequence); each later pass is mapped into the first one's frame by the similarity that best aligns its anchor
@@ -215,17 +264,20 @@ def predict_cameras(model, images: list[np.ndarray], process_res: int | None, ma
         rest = [i for i in range(n) if i not in anchors]
         groups = [g.tolist() for g in np.array_split(rest, math.ceil(len(rest) / (max_views - len(anchors))))]
     w2c, K = np.zeros((n, 4, 4), np.float32), np.zeros((n, 3, 3), np.float32)
+    seen: list = [None] * n
     ref = None
     for group in groups:
         ids = anchors + group
         pred = model.infer([images[i] for i in ids], process_res=process_res)
         e = as_homogeneous(torch.from_numpy(pred.extrinsics).double())
+        scale = 1.0
         if anchors:
             if ref is None:
                 ref = e[: len(anchors)]
             else:
                 R, t, s = umeyama(_anchor_points(e[: len(anchors)]), _anchor_points(ref))
                 e = apply_sim3_to_w2c(e, R, t, s)
+                scale = float(s)  # distances, depth included, scale with the frame
         H, W = pred.depth.shape[1:]
         for j, i in enumerate(ids):
             if i in anchors and group is not groups[0]:
@@ -235,6 +287,11 @@ def predict_cameras(model, images: list[np.ndarray], process_res: int | None, ma
             k[0] *= w / W  # processed pixels -> this image's pixels (the resize may change the aspect slightly)
             k[1] *= h / H
             w2c[i], K[i] = e[j].numpy(), k
+            if geometry is not None:
+                seen[i] = (pred.processed_images[j], pred.depth[j] * scale, pred.depth_conf[j], pred.intrinsics[j])
+    if geometry is not None:
+        geometry.images, geometry.depth, geometry.conf = ([v[m] for v in seen] for m in range(3))
+        geometry.K = np.stack([v[3] for v in seen]).astype(np.float64)
     return w2c, K
 
 

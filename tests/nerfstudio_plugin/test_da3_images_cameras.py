@@ -47,9 +47,10 @@ class ExactCameras:
 
     has_cameras = True
 
-    def __init__(self, images: list[np.ndarray], w2c: np.ndarray, K: np.ndarray, seed: int = 0):
+    def __init__(self, images, w2c: np.ndarray, K: np.ndarray, seed: int = 0, depth: np.ndarray | None = None):
         self.truth = {hashlib.sha1(im.tobytes()).hexdigest(): i for i, im in enumerate(images)}
         self.w2c, self.K = torch.from_numpy(w2c).double(), K
+        self.depth = depth  # the true depth (scaled with each pass's frame), or ones
         self.rng = np.random.default_rng(seed)
         self.passes: list[int] = []
 
@@ -60,8 +61,9 @@ class ExactCameras:
         s = torch.tensor(float(self.rng.uniform(0.3, 3.0)), dtype=torch.float64)
         w2c = apply_sim3_to_w2c(self.w2c[ids], R, t, s)
         H, W = images[0].shape[:2]
+        depth = np.ones((len(ids), H, W)) if self.depth is None else self.depth[ids] * float(s)
         return Prediction(
-            depth=np.ones((len(ids), H, W), np.float32),
+            depth=depth.astype(np.float32),
             depth_conf=np.ones((len(ids), H, W), np.float32),
             processed_images=np.stack(images),
             extrinsics=w2c[:, :3].float().numpy(),
@@ -140,3 +142,41 @@ def test_a_convention_slip_is_caught(scene):
     slipped = torch.linalg.inv(gt)
     rot, trans, centre = _errors(slipped, gt)
     assert rot > 1 or trans > 1 or centre > 1e-2
+
+
+def test_colmap_model_of_a_multi_pass_run(scene, tmp_path, monkeypatch):
+    """--colmap: the COLMAP model has the written cameras, and its points (from each pass's depth, rescaled into the
+    merged frame) sit on the true surfaces once that frame is fitted to the truth; later passes included."""
+    pycolmap = pytest.importorskip("pycolmap")
+    import nerfstudio_plugin.dataparser as dp
+
+    folder, sc = scene
+    from da3_splat.model.preprocess import load_image
+
+    images = [load_image(p) for p in sorted(folder.glob("*.png"))]
+    stand_in = ExactCameras(images, sc.w2c, sc.K, seed=3, depth=sc.depth)
+    monkeypatch.setattr(dp, "load_da3", lambda weights, device: stand_in)
+    config = dp.DA3ImagesDataParserConfig(data=folder, max_views_per_pass=8, eval_mode="all", device="cpu", colmap=True)
+    parser = config.setup()
+    parser.get_dataparser_outputs("train")
+    assert len(stand_in.passes) == 4
+    parser.save_cameras(tmp_path / "run")
+    rec = pycolmap.Reconstruction(str(tmp_path / "run" / "colmap" / "sparse" / "0"))
+    assert rec.num_images() == FRAMES and rec.num_points3D() > 1000
+    w2c = np.zeros((FRAMES, 4, 4))
+    for image in rec.images.values():
+        i = int(Path(image.name).stem.split("_")[1])
+        assert (tmp_path / "run" / "colmap" / "images" / image.name).is_file()
+        w2c[i, :3] = image.cam_from_world().matrix()
+        w2c[i, 3, 3] = 1.0
+        np.testing.assert_allclose(rec.cameras[image.camera_id].calibration_matrix(), sc.K[i], rtol=1e-5)
+    gt = torch.from_numpy(sc.w2c).double()
+    R, t, s = umeyama(camera_centers(torch.from_numpy(w2c)), camera_centers(gt))  # merged frame -> truth
+    rel = []
+    for point in rec.points3D.values():
+        i = int(Path(rec.images[point.track.elements[0].image_id].name).stem.split("_")[1])
+        x = s * R @ torch.from_numpy(point.xyz) + t
+        cam = gt[i, :3, :3] @ x + gt[i, :3, 3]
+        u, v = (sc.K[i] @ (cam / cam[2]).numpy())[:2]
+        rel.append(abs(float(cam[2]) / sc.depth[i, int(v), int(u)] - 1))
+    assert np.median(rel) < 1e-4 and np.max(rel) < 1e-3, (np.median(rel), np.max(rel))
