@@ -75,6 +75,17 @@ class OptimSpec:
 
 
 @dataclass
+class GeometryTerms:
+    """Weights of the DA3 geometry terms within ``--loss.geometry`` (0 leaves one out)."""
+
+    depth: float = 1.0
+    gradient: float = 1.0
+    ray: float = 1.0
+    point: float = 1.0
+    camera: float = 1.0
+
+
+@dataclass
 class LossSpec:
     ssim: float = 0.2
     """Weight of (1 - SSIM) next to MSE on target views."""
@@ -87,6 +98,7 @@ class LossSpec:
     head's depth offset where to trust a plane sweep. Log-L1 in the context cameras."""
     geometry: float = 1.0
     """Weight of the DA3 depth-ray losses when geometry is trained."""
+    terms: GeometryTerms = field(default_factory=GeometryTerms)
     matching: float = 0.0
     """Geometry training: weight of the cross-view matching term on the backbone's first out-layer patch features
     (``train.matching``; a training-time auxiliary that teaches views to find each other)."""

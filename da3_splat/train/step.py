@@ -60,7 +60,9 @@ def compute_loss(
         # apart its cameras happen to be.
         gt = {"depth": batch.context_depth, "extrinsics": batch.context_w2c, "intrinsics": batch.context_K}
         # Posed with Gaussians: the GT stays in the frame of the cameras the Gaussians are placed with.
-        g, p = losses.geometry_losses(out, gt, normalize=not (posed and nvs))
+        t = cfg.loss.terms
+        weights = losses.GeometryLossWeights(t.depth, t.gradient, t.ray, t.point, t.camera)
+        g, p = losses.geometry_losses(out, gt, weights, normalize=not (posed and nvs))
         total = total + cfg.loss.geometry * g
         parts.update({f"geometry/{k}": float(v) for k, v in p.items()})
     if matching:

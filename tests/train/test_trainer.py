@@ -130,6 +130,20 @@ def test_plane_sweep_head_trains_against_gt_depth(scenes, arch, tmp_path):
     assert model.config.gs_head.plane_sweep and model.gs_head.images_merger[0].in_channels == 6
 
 
+def test_geometry_terms_and_matching_are_logged_as_configured(scenes, arch, tmp_path):
+    """--loss.terms.* leave geometry terms out (0) and --loss.matching adds the cross-view matching term."""
+    args = micro_config(scenes, arch, tmp_path / "terms", steps=2, train="geometry", posed=0.0)
+    extra = ["--loss.terms.ray", "0", "--loss.terms.point", "0", "--loss.matching", "0.5"]
+    run_train(parse_train_args(args + extra))
+    lines = [json.loads(x) for x in (tmp_path / "terms" / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "loss" in x]
+    assert len(steps) == 2
+    for x in steps:
+        assert "geometry/ray" not in x and "geometry/point" not in x and x["geometry/camera"] > 0
+        assert x["matching/loss"] > 0 and 0 <= x["matching/accuracy"] <= 1
+        assert x["loss"] == pytest.approx(x["geometry/total"] + 0.5 * x["matching/loss"], rel=1e-5)
+
+
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(scenes, arch, tmp_path):
     one = micro_config(scenes, arch, tmp_path / "one", steps=3) + ["--optim.batch-size", "2", "--posed", "1.0"]
     run_train(parse_train_args(one))
