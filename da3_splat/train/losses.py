@@ -24,6 +24,7 @@ from torch import Tensor
 
 from da3_splat.geometry import as_homogeneous, camera_centers, depth_to_world_points, points_from_rays, rigid_inverse
 from da3_splat.image_metrics import ssim
+from da3_splat.train.config import GeometryTerms
 
 DEPTH_EPS = 1e-6
 CHORDAL_EPS = 1e-2
@@ -281,14 +282,10 @@ def camera_loss(pred_w2c: Tensor, pred_K: Tensor, gt_w2c: Tensor, gt_K: Tensor, 
 
 
 @dataclass
-class GeometryLossWeights:
-    """Weights of the DA3 geometry terms (0 disables one) and the confidence regulariser."""
+class GeometryLossWeights(GeometryTerms):
+    """Weights of the DA3 geometry terms (0 disables one; ``--loss.terms`` sets them) and the confidence
+    regulariser."""
 
-    depth: float = 1.0
-    gradient: float = 1.0
-    ray: float = 1.0
-    point: float = 1.0
-    camera: float = 1.0
     conf_alpha: float = 0.2
     gradient_scales: int = 1
 

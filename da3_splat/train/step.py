@@ -3,6 +3,8 @@ DA3 geometry losses, as the run's mode asks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from da3_splat.train.config import TrainConfig
@@ -60,8 +62,7 @@ def compute_loss(
         # apart its cameras happen to be.
         gt = {"depth": batch.context_depth, "extrinsics": batch.context_w2c, "intrinsics": batch.context_K}
         # Posed with Gaussians: the GT stays in the frame of the cameras the Gaussians are placed with.
-        t = cfg.loss.terms
-        weights = losses.GeometryLossWeights(t.depth, t.gradient, t.ray, t.point, t.camera)
+        weights = losses.GeometryLossWeights(**dataclasses.asdict(cfg.loss.terms))
         g, p = losses.geometry_losses(out, gt, weights, normalize=not (posed and nvs))
         total = total + cfg.loss.geometry * g
         parts.update({f"geometry/{k}": float(v) for k, v in p.items()})
