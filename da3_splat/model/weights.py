@@ -203,3 +203,24 @@ def save_pretrained(model, directory, overwrite: bool = False) -> Path:
         save_file(official_state_dict(model), str(tmp), metadata={"format": "pt"})
     write_json(targets[1], meta)
     return d
+
+
+def init_vit_weights(model: torch.nn.Module) -> None:
+    """Re-draw a randomly initialised DA3's transformer parts the way DINOv2 and VGGT start from scratch, in place:
+    truncated-normal (std 0.02) linear weights with zero biases in the backbone and the camera encoder/decoder,
+    the position embedding likewise, and the cls/camera tokens near zero (std 1e-6). PyTorch's defaults instead
+    leave the position embedding at 0 (no absolute position until it is learned) and draw wider linear weights.
+    The DPT heads keep their (convolutional) defaults."""
+    parts = [getattr(model, name, None) for name in ("backbone", "cam_enc", "cam_dec")]
+    with torch.no_grad():
+        for part in filter(None, parts):
+            for module in part.modules():
+                if isinstance(module, torch.nn.Linear):
+                    torch.nn.init.trunc_normal_(module.weight, std=0.02)
+                    if module.bias is not None:
+                        module.bias.zero_()
+        vit = model.backbone
+        torch.nn.init.trunc_normal_(vit.pos_embed, std=0.02)
+        torch.nn.init.normal_(vit.cls_token, std=1e-6)
+        if hasattr(vit, "camera_token"):
+            torch.nn.init.normal_(vit.camera_token, std=1e-6)

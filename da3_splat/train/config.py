@@ -20,6 +20,9 @@ class ModelSpec:
     weights: str = "random:da3-small"
     """Start from: Hugging Face repo id, folder, .safetensors file, random:CONFIG, or arch:JSON (a DA3Config as JSON,
     randomly initialised; how the tiny model is defined)."""
+    init: Literal["torch", "vit"] = "torch"
+    """Random starts (random:/arch: weights): PyTorch's default initialisation, or the ViT one (DINOv2's: truncated
+    normal 0.02 for the transformer's linear layers and position embedding, zero biases, tokens near 0)."""
     nvs_features: int | None = None
     """Width of the NVS head added when the weights have none (default: the geometry head's width)."""
     sh_degree: int = 1

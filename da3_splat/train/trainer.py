@@ -21,8 +21,9 @@ import torch.distributed as dist
 from da3_splat.data.dl3dv import scene_list
 from da3_splat.errors import InputError
 from da3_splat.files import write_json
+from da3_splat.model.weights import init_vit_weights
 from da3_splat.progress import progress_bar
-from da3_splat.runtime import load_model, resolve_device
+from da3_splat.runtime import ARCH_PREFIX, RANDOM_PREFIX, load_model, resolve_device
 from da3_splat.train.config import TrainConfig, config_to_dict
 from da3_splat.train.data_order import EpochItems, StepBatches
 from da3_splat.train.step import compute_loss
@@ -69,7 +70,11 @@ def training_device(name: str, local_rank: int) -> torch.device:
 
 
 def build_model(cfg: TrainConfig, device: torch.device):
+    if cfg.model.init == "vit" and not cfg.model.weights.startswith((RANDOM_PREFIX, ARCH_PREFIX)):
+        raise InputError(f"--model.init vit re-draws random weights; {cfg.model.weights} is not random: or arch:")
     model = load_model(cfg.model.weights, seed=None)
+    if cfg.model.init == "vit":
+        init_vit_weights(model)
     if cfg.model.model_name:
         model.config = replace(model.config, model_name=cfg.model.model_name)
     if cfg.model.posed_depth_calibration is not None:

@@ -1,4 +1,5 @@
-"""The camera decoder's optional token normalisation (``DA3Config.camera_token_norm``)."""
+"""Options for training the camera path from scratch: the decoder's token normalisation
+(``DA3Config.camera_token_norm``) and the ViT initialisation of a random start."""
 
 from __future__ import annotations
 
@@ -28,3 +29,19 @@ def test_off_for_the_official_models_and_saved_with_the_config(tmp_path):
     assert DA3Config.from_dict(cfg.to_dict()).camera_token_norm
     with torch.device("meta"):
         assert DA3(cfg).cam_dec.normalize_token and not DA3(get_config("da3-small")).cam_dec.normalize_token
+
+
+def test_vit_initialisation_of_a_random_start():
+    from da3_splat.model.weights import init_vit_weights
+
+    torch.manual_seed(0)
+    model = DA3.from_config(DA3Config.from_dict({**get_config("da3-small").to_dict(), "camera_token_norm": True}))
+    head = {k: v.clone() for k, v in model.head.state_dict().items()}
+    assert float(model.backbone.pos_embed.abs().max()) == 0.0  # PyTorch's start: no absolute position
+    init_vit_weights(model)
+    vit = model.backbone
+    assert abs(float(vit.pos_embed.std()) - 0.02) < 2e-3
+    assert abs(float(vit.blocks[0].attn.qkv.weight.std()) - 0.02) < 1e-3 and not vit.blocks[0].attn.qkv.bias.any()
+    assert abs(float(model.cam_dec.fc_qvec.weight.std()) - 0.02) < 5e-3
+    assert float(vit.camera_token.abs().max()) < 1e-4 and float(vit.cls_token.abs().max()) < 1e-4
+    assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in head.items())  # the heads keep theirs

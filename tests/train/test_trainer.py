@@ -205,6 +205,14 @@ def test_bad_input_gives_one_error_line(args, message, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
 
 
+def test_vit_init_is_for_random_starts_only():
+    from da3_splat.errors import InputError
+    from da3_splat.train.trainer import build_model
+
+    with pytest.raises(InputError, match="is not random: or arch:"):
+        build_model(parse_train_args(["small", "--model.init", "vit"]), torch.device("cpu"))
+
+
 def test_existing_run_is_not_overwritten(scenes, arch, tmp_path):
     run_train(parse_train_args(micro_config(scenes, arch, tmp_path / "r", steps=1)))
     before = (tmp_path / "r" / "model" / "model.safetensors").read_bytes()
