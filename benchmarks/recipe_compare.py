@@ -46,6 +46,12 @@ def camera_sources(model, data) -> dict:
     from the ray solver, and the pose-free depth AbsRel, over the evaluation items."""
     errs = {"decoder": ([], []), "rays": ([], [])}
     abs_rel, turned = [], []
+    alive = torch.zeros(model.cam_dec.backbone[0].out_features, dtype=torch.bool)
+
+    def count_alive(module, args, output):  # a ReLU unit that is 0 for every view of every scene is dead
+        alive.logical_or_((output > 0).flatten(0, -2).any(0))
+
+    hook = model.cam_dec.backbone[1].register_forward_hook(count_alive)
     with torch.inference_mode():
         for i in range(len(data)):
             b = SceneBatch.from_dataset(collate([data[i]]), "cpu")
@@ -60,8 +66,10 @@ def camera_sources(model, data) -> dict:
                     turned.extend(relative_pose_errors(out["extrinsics"][0], eye)[0].tolist())
             abs_rel.append(depth_scores(out["depth"], b.context_depth).abs_rel)
     out = {k: (float(np.median(r)), float(np.median(t))) for k, (r, t) in errs.items()}
+    hook.remove()
     out["abs_rel"] = float(np.mean(abs_rel))
     out["turned"] = float(np.median(turned))
+    out["alive"] = f"{int(alive.sum())} / {alive.numel()}"
     return out
 
 
@@ -97,6 +105,7 @@ def main() -> None:
     p.add_argument("--scenes", type=int, default=8)
     p.add_argument("--note", action="append", default=[], help="a line for the header (how the data was made)")
     p.add_argument("--out", type=Path, default=RESULTS / "recipe_compare.md")
+    p.add_argument("--title", default="Stage-1 recipes side by side (issue 16)")
     a = p.parse_args()
     if len(a.labels) != len(a.runs):
         p.error("give one --labels entry per run")
@@ -126,6 +135,7 @@ def main() -> None:
                 f"{s['decoder'][0]:.2f}",
                 f"{s['decoder'][1]:.2f}",
                 f"{s['turned']:.2f}",
+                s["alive"],
                 f"{s['rays'][0]:.2f}",
                 f"{s['rays'][1]:.2f}",
                 f"{time.perf_counter() - t0:.0f}",
@@ -133,7 +143,7 @@ def main() -> None:
         )
     runs = [f"- {label}: `{run}`: {describe(run)}" for label, run in zip(a.labels, a.runs)]
     text = machine_header(
-        "Stage-1 recipes side by side (issue 16)",
+        a.title,
         [
             *runs,
             *(f"- {line}" for line in a.note),
@@ -147,7 +157,9 @@ def main() -> None:
     text += "\n## Last weights: cameras from the decoder and from the ray solver\n\n"
     text += (
         "'decoder's relative rotation' is the median angle between the decoder's cameras of a pair, whatever the "
-        f"truth: near 0 the decoder predicts no turn at all (collapsed); the GT median is {baseline:.2f} deg.\n\n"
+        f"truth: near 0 the decoder predicts no turn at all (collapsed); the GT median is {baseline:.2f} deg. "
+        "'ReLUs alive': units of the decoder's first hidden layer that are positive for at least one view of these "
+        "scenes (the others pass no gradient).\n\n"
     )
     text += md_table(
         [
@@ -157,6 +169,7 @@ def main() -> None:
             "decoder rot. (deg)",
             "decoder transl. (deg)",
             "decoder's relative rotation (median deg)",
+            "decoder ReLUs alive (layer 1)",
             "ray-solver rot. (deg)",
             "ray-solver transl. (deg)",
             "seconds",
