@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--val", type=Path, required=True)
     p.add_argument("--scenes", type=int, default=8)
     p.add_argument("--out", type=Path, default=RESULTS / "geometry_gap.md")
+    p.add_argument("--note", action="append", default=[], help="a line for the header (how the model was trained)")
     a = p.parse_args()
     torch.manual_seed(0)
     model = load_model(a.model, "cpu").eval()
@@ -65,7 +66,8 @@ def main() -> None:
         )
     head = ["scenes", "AbsRel (pose-free)", "rot. err. median (deg)", "identity-rotation baseline (deg)"]
     head += ["transl. dir. err. median (deg)", "AUC@15", "seconds"]
-    extra = [f"- model: {a.model}; 4 context views per scene (each scene's eval_index.json), {size[0]}x{size[1]}", ""]
+    extra = [f"- model: {a.model}; 4 context views per scene (each scene's eval_index.json), {size[0]}x{size[1]}"]
+    extra += [*(f"- {line}" for line in a.note), ""]
     text = machine_header("Geometry on training vs held-out scenes (issue 16)", extra)
     text += md_table(head, rows)
     a.out.write_text(text)
