@@ -41,6 +41,16 @@ def val_curve(run: Path) -> list[dict]:
     return rows
 
 
+def last_matching_accuracy(run: Path, last: int = 10) -> str:
+    """Median top-1 accuracy of the matching term over the run's last ``last`` logged training steps ('' if off)."""
+    values = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        if "matching/accuracy" in d:
+            values.append(d["matching/accuracy"])
+    return f"{np.median(values[-last:]):.2f}" if values else ""
+
+
 def camera_sources(model, data) -> dict:
     """Median pairwise rotation / translation-direction errors (degrees) of the cameras from the decoder and
     from the ray solver, and the pose-free depth AbsRel, over the evaluation items."""
@@ -89,11 +99,16 @@ def run_model(run: Path):
 
 def describe(run: Path) -> str:
     cfg = json.loads((run / "config.json").read_text())
-    d, o = cfg["data"], cfg["optim"]
+    d, o, m, loss = cfg["data"], cfg["optim"], cfg["model"], cfg["loss"]
+    extra = [f"weights {m['weights']}"] if m["weights"] != "arch:arch/da3-tiny.json" else []
+    extra += [f"init {m['init']}"] if m.get("init", "torch") != "torch" else []
+    extra += [f"matching {loss['matching']}"] if loss.get("matching", 0) else []
+    off = [k for k, v in loss.get("terms", {}).items() if v == 0]
+    extra += [f"no {'/'.join(off)} terms"] if off else []
     return (
         f"train {', '.join(map(str, d['train']))}; {cfg['steps']} steps, batch {o['batch_size']}, lr {o['lr']}, "
         f"{d['height']}x{d['width']}, {d['context_views'][0]}-{d['context_views'][1]} views from a "
-        f"{d['window'][0]}-{d['window'][1]}-frame window, posed {cfg['posed']}"
+        f"{d['window'][0]}-{d['window'][1]}-frame window, posed {cfg['posed']}" + "".join(f", {e}" for e in extra)
     )
 
 
@@ -136,6 +151,7 @@ def main() -> None:
                 f"{s['decoder'][1]:.2f}",
                 f"{s['turned']:.2f}",
                 s["alive"],
+                last_matching_accuracy(run),
                 f"{s['rays'][0]:.2f}",
                 f"{s['rays'][1]:.2f}",
                 f"{time.perf_counter() - t0:.0f}",
@@ -159,7 +175,8 @@ def main() -> None:
         "'decoder's relative rotation' is the median angle between the decoder's cameras of a pair, whatever the "
         f"truth: near 0 the decoder predicts no turn at all (collapsed); the GT median is {baseline:.2f} deg. "
         "'ReLUs alive': units of the decoder's first hidden layer that are positive for at least one view of these "
-        "scenes (the others pass no gradient).\n\n"
+        "scenes (the others pass no gradient). 'matching top-1': for runs with --loss.matching, how often a patch's "
+        "most similar patch in another view of a training sample is its true correspondence (chance: 1 in 144).\n\n"
     )
     text += md_table(
         [
@@ -170,6 +187,7 @@ def main() -> None:
             "decoder transl. (deg)",
             "decoder's relative rotation (median deg)",
             "decoder ReLUs alive (layer 1)",
+            "matching top-1 (training, last 10 logs)",
             "ray-solver rot. (deg)",
             "ray-solver transl. (deg)",
             "seconds",
