@@ -232,7 +232,8 @@ class DA3ImagesDataParser(DataParser):
             names = [f"{i:05d}_{p.stem}.png" for i, p in enumerate(self._images)]
         for name, image in zip(names, g.images):
             Image.fromarray(image).save(out / "images" / name)
-        info = write_colmap_model(out, names, np.stack(g.images), np.stack(g.depth), np.stack(g.conf), w2c, g.K)
+        stacks = (np.stack(v) for v in (g.images, g.depth, g.conf))
+        info = write_colmap_model(out, names, *stacks, w2c, np.stack(g.K).astype(np.float64))
         CONSOLE.log(f"COLMAP model ({info['num_points']} points) written to {out / info['path']}")
 
 
@@ -244,7 +245,7 @@ class PassGeometry:
     images: list = field(default_factory=list)
     depth: list = field(default_factory=list)
     conf: list = field(default_factory=list)
-    K: np.ndarray | None = None
+    K: list = field(default_factory=list)
 
 
 def predict_cameras(
@@ -264,7 +265,8 @@ def predict_cameras(
         rest = [i for i in range(n) if i not in anchors]
         groups = [g.tolist() for g in np.array_split(rest, math.ceil(len(rest) / (max_views - len(anchors))))]
     w2c, K = np.zeros((n, 4, 4), np.float32), np.zeros((n, 3, 3), np.float32)
-    seen: list = [None] * n
+    if geometry is not None:
+        geometry.images, geometry.depth, geometry.conf, geometry.K = ([None] * n for _ in range(4))
     ref = None
     for group in groups:
         ids = anchors + group
@@ -288,10 +290,8 @@ def predict_cameras(
             k[1] *= h / H
             w2c[i], K[i] = e[j].numpy(), k
             if geometry is not None:
-                seen[i] = (pred.processed_images[j], pred.depth[j] * scale, pred.depth_conf[j], pred.intrinsics[j])
-    if geometry is not None:
-        geometry.images, geometry.depth, geometry.conf = ([v[m] for v in seen] for m in range(3))
-        geometry.K = np.stack([v[3] for v in seen]).astype(np.float64)
+                geometry.images[i], geometry.K[i] = pred.processed_images[j], pred.intrinsics[j]
+                geometry.depth[i], geometry.conf[i] = pred.depth[j] * scale, pred.depth_conf[j]
     return w2c, K
 
 

@@ -13,10 +13,7 @@ import numpy as np
 from da3_splat.data._synth_raycast import Light, SceneGeometry
 from da3_splat.data._synth_textures import KINDS, random_color, random_material
 
-TRAJECTORIES = ("orbit", "dolly", "figure8")  # the default mix
-# "pan" (opt-in): a handheld pan, rotation with little parallax. The cross-view signal of a rotation is a plain
-# image shift there, an easier start for a network that has to learn to match views from scratch.
-TRAJECTORY_KINDS = (*TRAJECTORIES, "pan")
+TRAJECTORIES = ("orbit", "dolly", "figure8")  # the default mix; every kind: TRAJECTORY_KINDS (below the paths)
 WALL_MARGIN = 0.6  # metres between the camera and any wall, floor or ceiling
 OBJECT_CLEARANCE = 0.6  # metres (horizontal) between the camera path and any object
 
@@ -114,6 +111,12 @@ def _pan(rng, lo, hi, s):
     return path, path + 2.0 * look
 
 
+# "pan" (opt-in): a handheld pan, rotation with little parallax. The cross-view signal of a rotation is a plain
+# image shift there, an easier start for a network that has to learn to match views from scratch.
+_PATHS = {"orbit": _orbit, "dolly": _dolly, "figure8": _figure8, "pan": _pan}
+TRAJECTORY_KINDS = tuple(_PATHS)
+
+
 def _view_distance(lo, hi, origin, direction) -> float:
     """Distance from origin along direction to the room's boundary."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -141,7 +144,7 @@ def sample_trajectory(
     distance shrinks every 100 draws."""
     s = np.linspace(0.0, 1.0, frames)
     kind = str(rng.choice(kinds))
-    draw = {"orbit": _orbit, "dolly": _dolly, "figure8": _figure8, "pan": _pan}[kind]
+    draw = _PATHS[kind]
     for attempt in range(1000):
         centers, targets = draw(rng, lo, hi, s)
         inside = np.all(centers > lo + WALL_MARGIN - 1e-6) and np.all(centers < hi - WALL_MARGIN + 1e-6)

@@ -79,9 +79,9 @@ class DA3Config:
     vit: ViTConfig = field(default_factory=ViTConfig)
     head: DPTConfig = field(default_factory=DPTConfig)
     camera: bool = True  # camera encoder (pose conditioning) + camera decoder
-    # Layer-normalise (no affine) the camera token before the camera decoder's ReLU MLP. The official models feed
-    # it raw; trained from scratch, a raw token is one large shared vector plus a small per-view part, most of the
-    # decoder's ReLUs die and its cameras collapse to "no motion" (benchmarks/results/recipe_compare.md).
+    # Layer-normalise (no affine) the camera token before the camera decoder's ReLU MLP; the official models feed
+    # it raw. Tried against the collapse of cameras trained from scratch (most decoder ReLUs die, every view gets the
+    # same camera); it does not prevent it (benchmarks/results/camera_collapse.md).
     camera_token_norm: bool = False
     gs_head: GSHeadConfig | None = None  # the Gaussian head and its adapter settings (official giant; NVS heads)
     # Longest image side the model sees unless told otherwise (infer's default): the official models' 504, the
