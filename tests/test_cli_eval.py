@@ -105,6 +105,19 @@ def test_a_model_without_nvs_head_scores_the_baseline_only(setup, tmp_path):
     assert list(m["results"]) == ["posed"] and list(m["results"]["posed"]) == ["head-free"]
 
 
+def test_pose_solver_option_reaches_the_model(setup, tmp_path):
+    common = [setup / "scenes", "--model", setup / "headless", "--height", 42, "--width", 70, "--context-views", 4]
+    common += ["--modes", "pose-free", "--max-scenes", 1, "--device", "cpu"]
+    poses = {}
+    for solver in ("decoder", "matches"):
+        res = run(*common, "-o", tmp_path / solver, "--pose-solver", solver, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        m = json.loads((tmp_path / solver / "metrics.json").read_text())
+        assert m["pose_solver"] == solver
+        poses[solver] = m["geometry"]["pose-free"]["pose"]
+    assert poses["decoder"] != poses["matches"]  # the random model's matches give other cameras than its decoder
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -3,7 +3,7 @@ protocol itself is the library's (:mod:`da3_splat.eval_protocol`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -48,6 +48,9 @@ class EvalConfig:
     """The refinement renders at this fraction of --height/--width."""
     pose_free_tto_init: Literal["gt", "nearest-context"] = "gt"
     """Refinement start: the GT target pose in the aligned frame, or the nearest context view's predicted pose."""
+    pose_solver: Literal["decoder", "matches"] | None = None
+    """Pose-free cameras from the camera decoder or from the model's patch matches and depth
+    (``model.match_pose``); default: the model's own setting (``pose_solver`` of its config)."""
     max_scenes: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = False
@@ -82,6 +85,8 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
     check_output_dir(cfg.output, cfg.overwrite)
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, device, console).eval()
+    if cfg.pose_solver is not None:
+        model.config = replace(model.config, pose_solver=cfg.pose_solver)
     data = NVSDataset.for_evaluation(
         paths, size=(cfg.height, cfg.width), index=cfg.index, num_context=cfg.context_views, downscale=cfg.downscale
     )
@@ -132,6 +137,7 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
         "scenes": len(paths),
         "size": [cfg.height, cfg.width],
         "context_views": cfg.context_views,
+        "pose_solver": model.config.pose_solver,
         "pose_free_tto": {"steps": steps, "lr": lr, "scale": scale, "init": cfg.pose_free_tto_init} if steps else None,
         "lpips": lpips_fn is not None,
         "results": {mode: {name: r.summary() for name, r in res.items()} for mode, res in totals.items()},

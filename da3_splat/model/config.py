@@ -73,6 +73,9 @@ class GSHeadConfig:
         return GSHeadConfig(dpt=DPTConfig(**_tuples(d, DPTConfig)), **settings)
 
 
+POSE_SOLVERS = ("decoder", "matches")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DA3Config:
     model_name: str
@@ -83,6 +86,11 @@ class DA3Config:
     # it raw. Tried against the collapse of cameras trained from scratch (most decoder ReLUs die, every view gets the
     # same camera); it does not prevent it (benchmarks/results/camera_collapse.md).
     camera_token_norm: bool = False
+    # Where pose-free cameras come from at inference (eval mode, no given cameras): "decoder", the official camera
+    # decoder; "matches", the model's own cross-view patch matches lifted with its depth and fitted per view
+    # (:mod:`da3_splat.model.match_pose`), for models trained with the matching term whose decoder collapsed.
+    # While the camera decoder trains (train mode) it gives the cameras; ``use_ray_pose`` still selects the ray solver.
+    pose_solver: str = "decoder"
     gs_head: GSHeadConfig | None = None  # the Gaussian head and its adapter settings (official giant; NVS heads)
     # Longest image side the model sees unless told otherwise (infer's default): the official models' 504, the
     # training resolution for models trained with da3-splat (a small model trained at 224 px misjudges depth at 504).
@@ -101,6 +109,10 @@ class DA3Config:
     # Nested model: an any-view model plus a metric model whose depth sets the scale.
     nested_metric: str | None = None
     nested_anyview: str | None = None
+
+    def __post_init__(self):
+        if self.pose_solver not in POSE_SOLVERS:
+            raise ValueError(f"pose_solver: unknown {self.pose_solver!r}; use one of {', '.join(POSE_SOLVERS)}")
 
     @property
     def depth_calibration_steps(self) -> tuple[str, ...]:

@@ -152,6 +152,9 @@ class DA3(nn.Module):
                     out.extrinsics, out.intrinsics = cameras_from_rays(out.ray, out.ray_conf, H, W)
                 else:
                     out.extrinsics, out.intrinsics = self.cam_dec.cameras(feats[-1][1].float(), H, W)
+                    # While the decoder trains (its module in train mode), the losses need its own cameras.
+                    if self.config.pose_solver == "matches" and extrinsics is None and not self.cam_dec.training:
+                        self._cameras_from_matches(out, patch[0])
         out.features = patch
         if gs_cameras is not None:
             from da3_splat.model.nvs_head import place_with_given_cameras
@@ -166,6 +169,16 @@ class DA3(nn.Module):
         if out.sky is not None:
             out.depth = self._fill_sky(out.depth, out.sky < SKY_THRESHOLD, None)[0]
         return out
+
+    @staticmethod
+    def _cameras_from_matches(out: DA3Output, features: Tensor) -> None:
+        """Pose-free cameras from the first output layer's patch matches (the layer the matching term trains) and
+        the predicted depth, which is brought into the reference view's units; the decoder's intrinsics stay."""
+        from da3_splat.model.match_pose import cameras_from_matches
+
+        solved = cameras_from_matches(features, out.depth, out.intrinsics, out.reference_view)
+        out.extrinsics = solved.extrinsics
+        out.depth = out.depth / solved.depth_scale[..., None, None]
 
     @staticmethod
     def _fill_sky(depth: Tensor, non_sky: Tensor, cap: float | None, conf: Tensor | None = None):

@@ -39,6 +39,10 @@ class ModelSpec:
     """Set the model's posed depth calibration (depth rescaled to the known cameras before the Gaussians are placed):
     cameras (the given over the predicted baselines), photometric (consistency between the views), cameras+photometric
     or none; saved with the weights. None keeps the starting model's setting."""
+    pose_solver: Literal["decoder", "matches"] | None = None
+    """Where the model's pose-free cameras come from at inference and validation (training supervises the decoder
+    either way): the camera decoder, or its patch matches lifted with its depth (``model.match_pose``; pair it with
+    --loss.matching); saved with the weights. None keeps the starting model's setting."""
 
 
 @dataclass

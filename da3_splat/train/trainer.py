@@ -79,6 +79,8 @@ def build_model(cfg: TrainConfig, device: torch.device):
         model.config = replace(model.config, model_name=cfg.model.model_name)
     if cfg.model.posed_depth_calibration is not None:
         model.config = replace(model.config, posed_depth_calibration=cfg.model.posed_depth_calibration)
+    if cfg.model.pose_solver is not None:
+        model.config = replace(model.config, pose_solver=cfg.model.pose_solver)
     # Saved with the weights: inference then defaults to the resolution the model was trained at and, when the
     # geometry learns, to the reference-view rule it was trained with.
     model.config = replace(model.config, process_res=max(cfg.data.height, cfg.data.width))

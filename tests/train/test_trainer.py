@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from da3_splat.data.synthetic import SyntheticConfig, make_synthetic
+from da3_splat.runtime import load_model
 from da3_splat.train.config import TrainConfig, load_preset, parse_train_args
 from da3_splat.train.trainer import run_train
 
@@ -131,9 +132,11 @@ def test_plane_sweep_head_trains_against_gt_depth(scenes, arch, tmp_path):
 
 
 def test_geometry_terms_and_matching_are_logged_as_configured(scenes, arch, tmp_path):
-    """--loss.terms.* leave geometry terms out (0) and --loss.matching adds the cross-view matching term."""
+    """--loss.terms.* leave geometry terms out (0), --loss.matching adds the cross-view matching term and
+    --model.pose-solver is saved with the weights."""
     args = micro_config(scenes, arch, tmp_path / "terms", steps=2, train="geometry", posed=0.0)
     extra = ["--loss.terms.ray", "0", "--loss.terms.point", "0", "--loss.matching", "0.5"]
+    extra += ["--model.pose-solver", "matches"]
     run_train(parse_train_args(args + extra))
     lines = [json.loads(x) for x in (tmp_path / "terms" / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "loss" in x]
@@ -142,6 +145,7 @@ def test_geometry_terms_and_matching_are_logged_as_configured(scenes, arch, tmp_
         assert "geometry/ray" not in x and "geometry/point" not in x and x["geometry/camera"] > 0
         assert x["matching/loss"] > 0 and 0 <= x["matching/accuracy"] <= 1
         assert x["loss"] == pytest.approx(x["geometry/total"] + 0.5 * x["matching/loss"], rel=1e-5)
+    assert load_model(str(tmp_path / "terms" / "model")).config.pose_solver == "matches"
 
 
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(scenes, arch, tmp_path):

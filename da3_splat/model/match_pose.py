@@ -1,0 +1,162 @@
+"""Cameras from the network's own cross-view patch matches and its depth (an alternative to the camera decoder).
+
+Trained from scratch on a CPU budget, the tiny model's camera decoder collapses to "no motion"
+(benchmarks/results/camera_collapse.md), while its patch features learn to match across views (the matching term,
+:mod:`da3_splat.train.matching`) and its depth learns. This solver uses those two learned outputs the way
+DUSt3R/MASt3R-style pipelines recover poses: mutual nearest-neighbour patch matches between the reference view and
+each other view, refined below a patch by a soft-argmax, lifted to 3D with each view's predicted depth, then a
+RANSAC similarity (Umeyama) fit per view; the translation direction is then re-solved from the epipolar constraint
+of the inlier matches (depth-free). Nothing here is learned; it only reads the network's outputs.
+
+Limits: every view is solved against the reference view alone, so a view that shares no content with it keeps the
+reference's pose (``inliers`` 0); and the solved rotations are only as good as the depth (on GT depth the same
+matches give about half the error: benchmarks/results/match_pose.md).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from da3_splat.geometry import umeyama
+
+TEMPERATURE = 0.1  # the matching loss's softmax temperature: the refinement reads the same distribution
+HYPOTHESES = 256  # RANSAC minimal samples (3 matches each) per view
+INLIER_TOLERANCE = 0.1  # a match is an inlier when its 3D residual is under this fraction of its depth
+MIN_MATCHES = 6  # fewer mutual matches than this leave the view at the reference pose (no evidence)
+
+
+def _grid_points(depth: Tensor, K: Tensor, rows: Tensor, cols: Tensor, h: int, w: int) -> Tensor:
+    """Camera-frame 3D points at fractional patch-grid positions: depth averaged per patch and interpolated
+    bilinearly, pixel position at the patch centre. depth (H, W), K (3, 3), rows/cols (N,) -> (N, 3)."""
+    H, W = depth.shape
+    pooled = F.adaptive_avg_pool2d(depth[None, None].double(), (h, w))
+    grid = torch.stack([(cols + 0.5) / w * 2 - 1, (rows + 0.5) / h * 2 - 1], dim=-1).double()
+    z = F.grid_sample(pooled, grid[None, None], mode="bilinear", padding_mode="border", align_corners=False)
+    z = z.reshape(-1)
+    u, v = (cols.double() + 0.5) * (W / w), (rows.double() + 0.5) * (H / h)
+    Kd = K.double()
+    x = (u - Kd[0, 2]) / Kd[0, 0]
+    y = (v - Kd[1, 2]) / Kd[1, 1]
+    return torch.stack([x * z, y * z, z], dim=-1)
+
+
+def mutual_matches(ref: Tensor, other: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Mutual nearest neighbours between two views' patch features (P, C) by cosine similarity.
+
+    Returns (ref patch indices (M,), fractional (row, col) in ``other``'s h x w grid (M,) each, and a weight (M,):
+    the softmax probability of the match). The position in ``other`` is the softmax-weighted mean over the 3 x 3
+    patches around the best one (sub-patch accuracy)."""
+    a, b = F.normalize(ref.double(), dim=-1), F.normalize(other.double(), dim=-1)
+    sim = a @ b.T  # (P, P)
+    best = sim.argmax(dim=1)
+    back = sim.argmax(dim=0)
+    keep = back[best] == torch.arange(sim.shape[0], device=sim.device)
+    src = keep.nonzero().squeeze(1)
+    dst = best[src]
+    prob = torch.softmax(sim[src] / TEMPERATURE, dim=1).gather(1, dst[:, None]).squeeze(1)
+    # soft-argmax over the 3 x 3 neighbourhood of the best patch (padded with -inf outside the grid)
+    grid = F.pad(sim[src].reshape(-1, 1, h, w), (1, 1, 1, 1), value=float("-inf"))
+    r0, c0 = dst // w, dst % w
+    offsets = torch.arange(-1, 2, device=sim.device)
+    rr = (r0[:, None, None] + 1 + offsets[None, :, None]).expand(-1, 3, 3)
+    cc = (c0[:, None, None] + 1 + offsets[None, None, :]).expand(-1, 3, 3)
+    local = grid[torch.arange(len(src), device=sim.device)[:, None, None], 0, rr, cc].reshape(-1, 9)
+    p = torch.softmax(local / TEMPERATURE, dim=1).reshape(-1, 3, 3)
+    rows = r0.double() + (p.sum(2) * offsets.double()).sum(1)
+    cols = c0.double() + (p.sum(1) * offsets.double()).sum(1)
+    return src, rows, cols, prob
+
+
+def _batched_umeyama(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Unweighted similarity fits of N minimal samples: src, dst (N, k, 3) -> R (N, 3, 3), t (N, 3), s (N,)."""
+    mu_s, mu_d = src.mean(1, keepdim=True), dst.mean(1, keepdim=True)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = xd.transpose(1, 2) @ xs / src.shape[1]
+    U, D, Vt = torch.linalg.svd(cov)
+    sign = torch.sign(torch.det(U) * torch.det(Vt))
+    E = torch.ones_like(D)
+    E[:, 2] = sign
+    R = U @ torch.diag_embed(E) @ Vt
+    var = (xs * xs).sum((1, 2)) / src.shape[1]
+    s = (D * E).sum(1) / var.clamp(min=1e-12)
+    t = mu_d.squeeze(1) - s[:, None] * (R @ mu_s.transpose(1, 2)).squeeze(2)
+    return R, t, s
+
+
+def similarity_ransac(src: Tensor, dst: Tensor, weight: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
+    """Robust ``dst ~ s R src + t`` from 3D matches (N, 3) each: the minimal fit with the largest inlier weight,
+    refitted on its inliers. Returns (R, t, s, inlier mask)."""
+    n = src.shape[0]
+    picks = torch.stack([torch.randperm(n, generator=generator)[:3] for _ in range(HYPOTHESES)]).to(src.device)
+    R, t, s = _batched_umeyama(src[picks], dst[picks])
+    moved = s[:, None, None] * src[None] @ R.transpose(1, 2) + t[:, None]
+    residual = (moved - dst[None]).norm(dim=-1) / dst[None, :, 2].abs().clamp(min=1e-9)
+    ok = (s > 0)[:, None] & (residual < INLIER_TOLERANCE)
+    best = (ok * weight[None]).sum(1).argmax()
+    inliers = ok[best]
+    if int(inliers.sum()) < 3:
+        return R[best], t[best], s[best], inliers
+    Rf, tf, sf = umeyama(src[inliers], dst[inliers], weight[inliers])
+    return Rf, tf, sf, inliers
+
+
+class MatchCameras(NamedTuple):
+    extrinsics: Tensor  # (B, S, 3, 4) world-to-camera OpenCV, the reference camera's frame and depth units
+    depth_scale: Tensor  # (B, S): a view's depth divided by this is in the reference's units (1 where unsolved)
+    inliers: Tensor  # (B, S) long: matches that agree with the fit (0 for the reference and unsolved views)
+
+
+def _epipolar_translation(R: Tensor, ref_points: Tensor, other_points: Tensor, t: Tensor) -> Tensor:
+    """The translation direction that best satisfies the epipolar constraint of the matches given the rotation
+    (depth-free: only where the points appear), with the length and sign of the similarity fit's ``t``."""
+    a = ref_points / ref_points[:, 2:3]
+    b = other_points / other_points[:, 2:3]
+    rows = torch.linalg.cross(a @ R.T, b)  # t . (R a x b) = 0 for every match
+    direction = torch.linalg.svd(rows).Vh[-1]
+    if float(direction @ t) < 0:
+        direction = -direction
+    return direction * t.norm()
+
+
+@torch.no_grad()  # a closed-form fit on the network's outputs: nothing to back-propagate
+def cameras_from_matches(
+    features: Tensor, depth: Tensor, intrinsics: Tensor, reference: Tensor, *, seed: int = 0
+) -> MatchCameras:
+    """features (B, S, P, C) patch features of one backbone layer (input view order), depth (B, S, H, W) the
+    predicted depth, intrinsics (B, S, 3, 3) in pixels of H x W, reference (B,) the view that is the world frame.
+
+    A view with fewer than ``MIN_MATCHES`` mutual matches, or no consistent fit, keeps the reference's pose.
+    Seeded RANSAC (``seed``): the same inputs give the same cameras."""
+    B, S, P, _ = features.shape
+    H, W = depth.shape[-2:]
+    h = round((P * H / W) ** 0.5)
+    w = P // h
+    if h * w != P:
+        raise ValueError(f"{P} patches do not form a grid of the image's aspect {H}x{W}")
+    generator = torch.Generator().manual_seed(seed)
+    extrinsics = torch.eye(3, 4, dtype=torch.float64, device=depth.device).repeat(B, S, 1, 1)
+    scale = torch.ones(B, S, dtype=torch.float64, device=depth.device)
+    counts = torch.zeros(B, S, dtype=torch.long)
+    for b in range(B):
+        r = int(reference[b])
+        for i in range(S):
+            if i == r:
+                continue
+            src, rows, cols, prob = mutual_matches(features[b, r], features[b, i], h, w)
+            if len(src) < MIN_MATCHES:
+                continue
+            p_ref = _grid_points(depth[b, r], intrinsics[b, r], src // w, src % w, h, w)
+            p_other = _grid_points(depth[b, i], intrinsics[b, i], rows, cols, h, w)
+            R, t, s, inliers = similarity_ransac(p_ref, p_other, prob, generator)
+            if int(inliers.sum()) < 3 or not bool(s > 0):
+                continue
+            t = _epipolar_translation(R, p_ref[inliers], p_other[inliers], t) / s  # s: the other view's units
+            extrinsics[b, i, :, :3] = R
+            extrinsics[b, i, :, 3] = t
+            scale[b, i] = s
+            counts[b, i] = int(inliers.sum())
+    return MatchCameras(extrinsics.to(depth.dtype), scale.to(depth.dtype), counts)
