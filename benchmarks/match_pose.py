@@ -30,6 +30,7 @@ from da3_splat.geometry_metrics import depth_scores, pose_scores, relative_pose_
 from da3_splat.model.match_pose import cameras_from_matches
 from da3_splat.model.preprocess import normalize_float
 from da3_splat.nvs import SceneBatch
+from da3_splat.runtime import load_model
 from da3_splat.train.checkpoint import MODEL_FILE
 from da3_splat.train.config import load_preset
 from da3_splat.train.trainer import build_model
@@ -86,6 +87,36 @@ def score(model, data) -> dict:
     return res
 
 
+def pose_free_nvs(model, data) -> dict:
+    """The `da3-splat eval` protocol, pose-free, once per pose solver: PSNR / SSIM of every method, the depth and
+    camera scores (as metrics.json reports them)."""
+    from dataclasses import replace
+
+    from da3_splat.eval_protocol import GEOMETRY_KEYS, evaluate_scene, geometry_summary
+
+    out = {}
+    for solver in ("decoder", "matches"):
+        model.config = replace(model.config, pose_solver=solver)
+        psnr, ssim, depth, rot, trans = {}, {}, [], [], []
+        for i in range(len(data)):
+            scores = evaluate_scene(model, SceneBatch.from_dataset(collate([data[i]]), "cpu"), "pose-free", True)
+            scores = scores["scores"]
+            for method, v in scores.items():
+                if method not in GEOMETRY_KEYS:
+                    psnr.setdefault(method, []).append(v["psnr"])
+                    ssim.setdefault(method, []).append(v["ssim"])
+            depth.append(scores["depth"])
+            rot.extend(scores["pose"]["rotation"])
+            trans.extend(scores["pose"]["translation"])
+        geo = geometry_summary(depth, rot, trans)
+        out[solver] = {
+            "methods": {m: (float(np.mean(psnr[m])), float(np.mean(ssim[m]))) for m in psnr},
+            "abs_rel": geo["depth"]["abs_rel"],
+            "pose": geo["pose"],
+        }
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", nargs="+", action="append", required=True, metavar=("LABEL", "RUN"))
@@ -93,6 +124,14 @@ def main() -> None:
     p.add_argument("--scenes", type=int, default=20)
     p.add_argument("--every", type=int, default=1000)
     p.add_argument("--note", action="append", default=[])
+    p.add_argument(
+        "--nvs",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("LABEL", "MODEL"),
+        help="also score this model's pose-free NVS with each pose solver (da3-splat eval's protocol)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "match_pose.md")
     a = p.parse_args()
     torch.manual_seed(0)
@@ -119,6 +158,22 @@ def main() -> None:
                 ]
             )
             print(" | ".join(map(str, rows[-1])), flush=True)
+    nvs_rows = []
+    for label, src in a.nvs:
+        res = pose_free_nvs(load_model(src, "cpu").eval(), data)
+        for solver, r in res.items():
+            for method, (psnr, ssim) in r["methods"].items():
+                nvs_rows.append(
+                    [
+                        label,
+                        solver,
+                        method,
+                        f"{psnr:.2f} / {ssim:.3f}",
+                        f"{r['abs_rel']:.3f}",
+                        f"{r['pose']['rotation_median']:.2f} / {r['pose']['translation_median']:.2f}",
+                    ]
+                )
+                print(" | ".join(nvs_rows[-1]), flush=True)
     extra = [
         *header,
         *[f"- {n}" for n in a.note],
@@ -150,6 +205,19 @@ def main() -> None:
             rows,
         ),
     ]
+    if nvs_rows:
+        lines += [
+            "",
+            "## Pose-free novel-view synthesis with each pose solver",
+            "",
+            "`da3-splat eval`'s protocol on the same scenes and context views (every 8th frame a target; the "
+            "predicted cameras aligned to the GT on the first context view; the Gaussians placed with them).",
+            "",
+            md_table(
+                ["model", "pose solver", "method", "PSNR / SSIM", "AbsRel", "rot. / transl. (median deg)"],
+                nvs_rows,
+            ),
+        ]
     a.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {a.out}")
 

@@ -26,7 +26,7 @@ from da3_splat.geometry import umeyama
 TEMPERATURE = 0.1  # the matching loss's softmax temperature: the refinement reads the same distribution
 HYPOTHESES = 256  # RANSAC minimal samples (3 matches each) per view
 INLIER_TOLERANCE = 0.1  # a match is an inlier when its 3D residual is under this fraction of its depth
-MIN_MATCHES = 6  # fewer mutual matches than this leave the view at the reference pose (no evidence)
+MIN_INLIERS = 8  # a view whose best fit agrees with fewer matches keeps the reference's pose (too little evidence)
 
 
 def _grid_points(depth: Tensor, K: Tensor, rows: Tensor, cols: Tensor, h: int, w: int) -> Tensor:
@@ -100,8 +100,14 @@ def similarity_ransac(src: Tensor, dst: Tensor, weight: Tensor, generator: torch
     inliers = ok[best]
     if int(inliers.sum()) < 3:
         return R[best], t[best], s[best], inliers
-    Rf, tf, sf = umeyama(src[inliers], dst[inliers], weight[inliers])
-    return Rf, tf, sf, inliers
+    Rf, _, _ = umeyama(src[inliers], dst[inliers], weight[inliers])
+    # The scale as the ratio of the two point sets' spreads: symmetric in them. Umeyama's least-squares scale
+    # shrinks towards 0 with the noise of src (here the reference view's depth, as noisy as the other's).
+    w = weight[inliers] / weight[inliers].sum()
+    mu_s, mu_d = w @ src[inliers], w @ dst[inliers]
+    spread = lambda x, mu: (w * (x - mu).square().sum(-1)).sum()  # noqa: E731
+    sf = (spread(dst[inliers], mu_d) / spread(src[inliers], mu_s).clamp(min=1e-12)).sqrt()
+    return Rf, mu_d - sf * Rf @ mu_s, sf, inliers
 
 
 class MatchCameras(NamedTuple):
@@ -129,7 +135,7 @@ def cameras_from_matches(
     """features (B, S, P, C) patch features of one backbone layer (input view order), depth (B, S, H, W) the
     predicted depth, intrinsics (B, S, 3, 3) in pixels of H x W, reference (B,) the view that is the world frame.
 
-    A view with fewer than ``MIN_MATCHES`` mutual matches, or no consistent fit, keeps the reference's pose.
+    A view whose fit has fewer than ``MIN_INLIERS`` inlier matches keeps the reference's pose and depth scale.
     Seeded RANSAC (``seed``): the same inputs give the same cameras."""
     B, S, P, _ = features.shape
     H, W = depth.shape[-2:]
@@ -147,12 +153,12 @@ def cameras_from_matches(
             if i == r:
                 continue
             src, rows, cols, prob = mutual_matches(features[b, r], features[b, i], h, w)
-            if len(src) < MIN_MATCHES:
+            if len(src) < MIN_INLIERS:
                 continue
             p_ref = _grid_points(depth[b, r], intrinsics[b, r], src // w, src % w, h, w)
             p_other = _grid_points(depth[b, i], intrinsics[b, i], rows, cols, h, w)
             R, t, s, inliers = similarity_ransac(p_ref, p_other, prob, generator)
-            if int(inliers.sum()) < 3 or not bool(s > 0):
+            if int(inliers.sum()) < MIN_INLIERS or not bool(s > 0):
                 continue
             t = _epipolar_translation(R, p_ref[inliers], p_other[inliers], t) / s  # s: the other view's units
             extrinsics[b, i, :, :3] = R

@@ -11,7 +11,7 @@ import torch
 
 from da3_splat.geometry import quat_xyzw_to_matrix
 from da3_splat.geometry_metrics import relative_pose_errors
-from da3_splat.model import DA3, DA3Config
+from da3_splat.model import DA3, DA3Config, match_pose
 from da3_splat.model.match_pose import cameras_from_matches, mutual_matches, similarity_ransac
 from tests.train.test_trainer import MICRO_ARCH
 
@@ -127,7 +127,8 @@ def micro_models() -> tuple[DA3, DA3]:
     return decoder, matches
 
 
-def test_a_model_set_to_matches_solves_its_pose_free_cameras_from_them():
+def test_a_model_set_to_matches_solves_its_pose_free_cameras_from_them(monkeypatch):
+    monkeypatch.setattr(match_pose, "MIN_INLIERS", 3)  # the micro model's 24 patches give few matches
     decoder, matches = micro_models()
     x = torch.rand(1, 3, 3, 56, 84, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
