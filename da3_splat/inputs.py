@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -179,6 +180,8 @@ def run_model_on_inputs(cfg, check_outputs, console, needs_cameras: str | None =
     model, (images, names, extrinsics, intrinsics), timings = load_model_and_inputs(
         cfg, paths, names, poses, device, console, needs_cameras=needs_cameras
     )
+    if getattr(cfg, "pose_solver", None) is not None:
+        model.config = replace(model.config, pose_solver=cfg.pose_solver)
     kw.update(extrinsics=extrinsics, intrinsics=intrinsics, process_res=cfg.process_res)
     kw["infer_gs"] = gaussians and model.has_gs_head
     t0 = time.perf_counter()

@@ -139,6 +139,15 @@ def test_a_folder_with_one_image(root, model_dir):
     assert len(frames) == 1 and (out / "depth" / "im0.npz").is_file() and (out / "points.ply").is_file()
 
 
+def test_pose_solver_is_applied_and_recorded(root, images, model_dir, first_run):
+    out = root / "out_matches"
+    res = run_cli("predict", images, "-o", out, "--model", model_dir, "--process-res", RES, "--pose-solver", "matches")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "prediction.json").read_text())["pose_solver"] == "matches"
+    default = json.loads((first_run[0] / "prediction.json").read_text())  # the model's own setting
+    assert default["pose_solver"] == "decoder"
+
+
 def test_video(root, model_dir):
     path = root / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (128, 96))

@@ -59,6 +59,9 @@ class PredictConfig:
     chunk_overlap: int | None = None
     """Views shared by consecutive chunks (default: a quarter of --chunk-size, at least 2; at least 2 without
     --poses, as the chunks are aligned on them)."""
+    pose_solver: Literal["decoder", "matches"] | None = None
+    """Pose-free cameras from the camera decoder, or from the model's own patch matches lifted with its depth
+    (``model.match_pose``; better for models trained here with --loss.matching); default: the model's setting."""
     use_ray_pose: bool = False
     """Cameras from the ray head's pose solver instead of the camera decoder (slower, often more accurate)."""
     colmap: bool = False
@@ -121,6 +124,7 @@ def run_predict(cfg: PredictConfig, console=None, out_console=None) -> dict:
         "process_res": model.process_res_for(cfg.process_res),
         "poses": None if cfg.poses is None else str(cfg.poses),
         "use_ray_pose": cfg.use_ray_pose,
+        "pose_solver": model.config.pose_solver,
         "streaming": pred.extra.get("streaming"),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
