@@ -26,6 +26,8 @@ from da3_splat.geometry import umeyama
 TEMPERATURE = 0.1  # the matching loss's softmax temperature: the refinement reads the same distribution
 HYPOTHESES = 256  # RANSAC minimal samples (3 matches each) per view
 INLIER_TOLERANCE = 0.1  # a match is an inlier when its 3D residual is under this fraction of its depth
+ALL_PAIRS_UP_TO = 16  # views; beyond, only neighbours in input order and the reference are matched
+NEIGHBOURS = 2
 MIN_INLIERS = 8  # a view whose best fit agrees with fewer matches keeps the reference's pose (too little evidence)
 
 
@@ -128,6 +130,42 @@ def _epipolar_translation(R: Tensor, ref_points: Tensor, other_points: Tensor, t
     return direction * t.norm()
 
 
+def candidate_pairs(S: int, reference: int) -> list[tuple[int, int]]:
+    """View pairs to match: all of them up to ``ALL_PAIRS_UP_TO`` views; beyond, each view with its neighbours in
+    input order (within ``NEIGHBOURS``) and with the reference, so the cost grows linearly along a capture."""
+    if S <= ALL_PAIRS_UP_TO:
+        return [(i, j) for i in range(S) for j in range(i + 1, S)]
+    near = {(i, j) for i in range(S) for j in range(i + 1, min(S, i + NEIGHBOURS + 1))}
+    return sorted(near | {(min(reference, j), max(reference, j)) for j in range(S) if j != reference})
+
+
+def _solve_pair(features: Tensor, depth: Tensor, K: Tensor, a: int, b: int, h: int, w: int, generator):
+    """Similarity ``X_b ~ s R X_a + t`` between the camera frames of views a and b (each in its own depth units),
+    or None below ``MIN_INLIERS``. -> (R, t, s, inlier count)."""
+    src, rows, cols, prob = mutual_matches(features[a], features[b], h, w)
+    if len(src) < MIN_INLIERS:
+        return None
+    p_a = _grid_points(depth[a], K[a], src // w, src % w, h, w)
+    p_b = _grid_points(depth[b], K[b], rows, cols, h, w)
+    R, t, s, inliers = similarity_ransac(p_a, p_b, prob, generator)
+    count = int(inliers.sum())
+    if count < MIN_INLIERS or not bool(s > 0):
+        return None
+    return R, _epipolar_translation(R, p_a[inliers], p_b[inliers], t), s, count
+
+
+def _inverse(R: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return R.T, -(R.T @ t) / s, 1 / s
+
+
+def place_child(R_p: Tensor, t_p: Tensor, scale_p: Tensor, R: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, ...]:
+    """A child view's world-to-camera (R, t, in the reference's units) and depth scale, from its parent's
+    (``scale_p``: the parent's depth units per reference unit) and the pair's fit ``X_child ~ s R X_parent + t``
+    (each in its own units)."""
+    scale = s * scale_p
+    return R @ R_p, R @ t_p + t / scale, scale
+
+
 @torch.no_grad()  # a closed-form fit on the network's outputs: nothing to back-propagate
 def cameras_from_matches(
     features: Tensor, depth: Tensor, intrinsics: Tensor, reference: Tensor, *, seed: int = 0
@@ -135,8 +173,10 @@ def cameras_from_matches(
     """features (B, S, P, C) patch features of one backbone layer (input view order), depth (B, S, H, W) the
     predicted depth, intrinsics (B, S, 3, 3) in pixels of H x W, reference (B,) the view that is the world frame.
 
-    A view whose fit has fewer than ``MIN_INLIERS`` inlier matches keeps the reference's pose and depth scale.
-    Seeded RANSAC (``seed``): the same inputs give the same cameras."""
+    Every candidate pair of views (:func:`candidate_pairs`) is fitted; each view is then placed along the
+    spanning tree from the reference that keeps the best-supported pairs (most inlier matches), so a view that
+    shares little with the reference is placed through the views between them. A view no pair reaches keeps the
+    reference's pose and depth scale. Seeded RANSAC (``seed``): the same inputs give the same cameras."""
     B, S, P, _ = features.shape
     H, W = depth.shape[-2:]
     h = round((P * H / W) ** 0.5)
@@ -149,20 +189,25 @@ def cameras_from_matches(
     counts = torch.zeros(B, S, dtype=torch.long)
     for b in range(B):
         r = int(reference[b])
-        for i in range(S):
-            if i == r:
-                continue
-            src, rows, cols, prob = mutual_matches(features[b, r], features[b, i], h, w)
-            if len(src) < MIN_INLIERS:
-                continue
-            p_ref = _grid_points(depth[b, r], intrinsics[b, r], src // w, src % w, h, w)
-            p_other = _grid_points(depth[b, i], intrinsics[b, i], rows, cols, h, w)
-            R, t, s, inliers = similarity_ransac(p_ref, p_other, prob, generator)
-            if int(inliers.sum()) < MIN_INLIERS or not bool(s > 0):
-                continue
-            t = _epipolar_translation(R, p_ref[inliers], p_other[inliers], t) / s  # s: the other view's units
-            extrinsics[b, i, :, :3] = R
-            extrinsics[b, i, :, 3] = t
-            scale[b, i] = s
-            counts[b, i] = int(inliers.sum())
+        edges = {}  # (from, to) -> (R, t, s, count): X_to ~ s R X_from + t
+        for i, j in candidate_pairs(S, r):
+            fit = _solve_pair(features[b], depth[b], intrinsics[b], i, j, h, w, generator)
+            if fit is not None:
+                edges[(i, j)] = fit
+                edges[(j, i)] = (*_inverse(*fit[:3]), fit[3])
+        placed = {r}
+        while True:  # Prim: grow the tree from the reference along the best-supported pair
+            best = max(
+                ((e, f) for e, f in edges.items() if e[0] in placed and e[1] not in placed),
+                key=lambda ef: ef[1][3],
+                default=None,
+            )
+            if best is None:
+                break
+            (parent, child), (R, t, s, count) = best
+            parent_pose = extrinsics[b, parent, :, :3], extrinsics[b, parent, :, 3], scale[b, parent]
+            R_c, t_c, scale[b, child] = place_child(*parent_pose, R, t, s)
+            extrinsics[b, child, :, :3], extrinsics[b, child, :, 3] = R_c, t_c
+            counts[b, child] = count
+            placed.add(child)
     return MatchCameras(extrinsics.to(depth.dtype), scale.to(depth.dtype), counts)

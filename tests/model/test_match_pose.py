@@ -12,7 +12,14 @@ import torch
 from da3_splat.geometry import quat_xyzw_to_matrix
 from da3_splat.geometry_metrics import relative_pose_errors
 from da3_splat.model import DA3, DA3Config, match_pose
-from da3_splat.model.match_pose import cameras_from_matches, mutual_matches, similarity_ransac
+from da3_splat.model.match_pose import (
+    _solve_pair,
+    cameras_from_matches,
+    candidate_pairs,
+    mutual_matches,
+    place_child,
+    similarity_ransac,
+)
 from tests.train.test_trainer import MICRO_ARCH
 
 H, W, PATCH = 126, 224, 14
@@ -38,7 +45,7 @@ def plane_points(w2c: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> t
     return centre + depth[..., None] * rays, depth
 
 
-def scene(w2cs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def scene(w2cs: list[torch.Tensor], x_range: tuple[float, float] = (-4, 4)) -> tuple[torch.Tensor, torch.Tensor]:
     """Depth maps (1, S, H, W) of the plane and patch features (1, S, P, C) that encode where on the plane each
     patch centre lies (radial basis functions on a grid of plane positions): exact matching features."""
     v, u = torch.meshgrid(
@@ -49,7 +56,8 @@ def scene(w2cs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         (torch.arange(W // PATCH, dtype=torch.float64) + 0.5) * PATCH,
         indexing="ij",
     )
-    anchors = torch.stack(torch.meshgrid(torch.linspace(-4, 4, 33), torch.linspace(-3, 3, 25), indexing="ij"), -1)
+    columns = torch.arange(x_range[0], x_range[1] + 1e-9, 0.25)
+    anchors = torch.stack(torch.meshgrid(columns, torch.linspace(-3, 3, 25), indexing="ij"), -1)
     anchors = anchors.reshape(-1, 2).double()
     depths, feats = [], []
     for w2c in w2cs:
@@ -106,6 +114,43 @@ def test_recovers_relative_poses_from_exact_matches_and_depth(reference):
     torch.testing.assert_close(extrinsics[0, :, :, 3], truth[:, :, 3], atol=0.05, rtol=0)
     expected_scale = torch.where(torch.arange(3) == reference, 1.0, 1.5).double()
     torch.testing.assert_close(scale[0], expected_scale, atol=0.03, rtol=0)
+
+
+def test_a_view_that_shares_nothing_with_the_reference_is_placed_through_another():
+    """Three cameras sliding along the plane: the first and the last see disjoint parts of it."""
+    w2cs = [torch.eye(4, dtype=torch.float64) for _ in range(3)]
+    for view, (x, degrees) in enumerate([(0.0, 0), (2.0, 3), (4.5, -4)]):  # camera centres at x = 0, 2, 4.5
+        w2cs[view][:3, :3] = rotation([0.1, 1, 0], degrees)
+        w2cs[view][:3, 3] = -w2cs[view][:3, :3] @ torch.tensor([x, 0.0, 0.0], dtype=torch.float64)
+    depth, features = scene(w2cs, x_range=(-4, 9))
+    depth[:, 1] *= 1.25  # depth in other units than the reference's: the scales compose along the chain
+    depth[:, 2] *= 0.8
+    direct = _solve_pair(features[0], depth[0], K.expand(3, 3, 3), 0, 2, 9, 16, torch.Generator())
+    extrinsics, scale, counts = cameras_from_matches(features, depth, K.expand(1, 3, 3, 3), torch.tensor([0]))
+    assert direct is None or direct[3] < counts[0, 2]  # a chance fit at most, less supported than the chain
+    rot, trans = relative_pose_errors(extrinsics[0], torch.stack(w2cs))
+    assert rot.max() < 1.0 and trans.max() < 6.0, (rot, trans)  # errors compose along the chain
+    torch.testing.assert_close(extrinsics[0, :, :, 3], torch.stack(w2cs)[:, :3, 3], atol=0.1, rtol=0)
+    torch.testing.assert_close(scale[0], torch.tensor([1.0, 1.25, 0.8], dtype=torch.float64), atol=0.06, rtol=0)
+
+
+def test_placing_a_view_from_its_parent_composes_the_similarities_exactly():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(20, 3, generator=g, dtype=torch.float64)  # world points, the reference's units
+    R_p, t_p, scale_p = rotation([1, 0.3, 0], 20), torch.tensor([0.2, -0.4, 1.0], dtype=torch.float64), 1.7
+    R, t, s = rotation([0.2, 1, -0.5], 35), torch.tensor([-0.3, 0.5, 0.1], dtype=torch.float64), 0.6
+    in_parent = scale_p * (X @ R_p.T + t_p)  # the parent's camera frame, in its own depth units
+    in_child = s * in_parent @ R.T + t  # the pair's fit: parent -> child
+    R_c, t_c, scale_c = place_child(R_p, t_p, torch.tensor(scale_p, dtype=torch.float64), R, t, torch.tensor(s))
+    torch.testing.assert_close(scale_c * (X @ R_c.T + t_c), in_child)
+
+
+def test_candidate_pairs_grow_linearly_beyond_all_pairs():
+    assert candidate_pairs(4, 0) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    pairs = candidate_pairs(100, 50)
+    assert len(pairs) == len(set(pairs)) < 400 and all(i < j for i, j in pairs)
+    assert {(min(50, j), max(50, j)) for j in range(100) if j != 50} <= set(pairs)  # every view with the reference
+    assert (0, 1) in pairs and (0, 2) in pairs and (0, 3) not in pairs  # neighbours in input order
 
 
 def test_without_matches_a_view_keeps_the_reference_pose():
