@@ -180,8 +180,9 @@ def main() -> None:
         f"- held out: {a.val}, first {a.scenes} scenes, 4 context views from each scene's eval_index.json, "
         f"{SIZE[0]}x{SIZE[1]}, pose-free; {len(data) * 6} view pairs; identity-rotation baseline {baseline:.2f} deg",
         "- matches: mutual nearest neighbours of the first output layer's patch features (the layer the matching "
-        "term trains), soft-argmax below a patch, lifted with the predicted depth (the decoder's intrinsics), RANSAC "
-        "similarity fit per view against the reference view, translation direction from the epipolar constraint",
+        "term trains) for every pair of views, soft-argmax below a patch, lifted with the predicted depth (the "
+        "decoder's intrinsics), RANSAC similarity fit, translation direction from the epipolar constraint; views "
+        "placed from the reference along the best-supported pairs",
         "- AbsRel: one median scale per scene; under matches each view's depth is first brought into the reference "
         "view's units (the fitted scale), as the model returns it",
         "- bars (issue 16, item 3): AbsRel <= 0.15, rotation <= 5 deg, translation direction <= 15 deg",

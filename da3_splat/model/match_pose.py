@@ -3,14 +3,15 @@
 Trained from scratch on a CPU budget, the tiny model's camera decoder collapses to "no motion"
 (benchmarks/results/camera_collapse.md), while its patch features learn to match across views (the matching term,
 :mod:`da3_splat.train.matching`) and its depth learns. This solver uses those two learned outputs the way
-DUSt3R/MASt3R-style pipelines recover poses: mutual nearest-neighbour patch matches between the reference view and
-each other view, refined below a patch by a soft-argmax, lifted to 3D with each view's predicted depth, then a
-RANSAC similarity (Umeyama) fit per view; the translation direction is then re-solved from the epipolar constraint
-of the inlier matches (depth-free). Nothing here is learned; it only reads the network's outputs.
+DUSt3R/MASt3R-style pipelines recover poses: mutual nearest-neighbour patch matches between two views, refined
+below a patch by a soft-argmax, lifted to 3D with each view's predicted depth, a RANSAC similarity (Umeyama) fit,
+and the translation direction re-solved from the epipolar constraint of the inlier matches (depth-free). Every
+candidate pair is fitted and each view placed from the reference along the best-supported pairs (a maximum
+spanning tree on inlier counts). Nothing here is learned; it only reads the network's outputs.
 
-Limits: every view is solved against the reference view alone, so a view that shares no content with it keeps the
-reference's pose (``inliers`` 0); and the solved rotations are only as good as the depth (on GT depth the same
-matches give about half the error: benchmarks/results/match_pose.md).
+Limits: a view that no pair reaches keeps the reference's pose (``inliers`` 0); errors add up along a chain; and
+the rotations are only as good as the depth (on GT depth the same matches give far smaller errors:
+benchmarks/results/match_pose.md).
 """
 
 from __future__ import annotations
