@@ -11,13 +11,12 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 from da3_splat.errors import DEBUG_ENV, InputError
 from da3_splat.files import check_output_dir
 from da3_splat.progress import progress_bar, status
-from da3_splat.runtime import DEFAULT_MODEL, load_model, resolve_device
+from da3_splat.runtime import DEFAULT_MODEL, load_model, resolve_device, set_pose_solver
 
 
 def input_kind(path: Path) -> str:
@@ -180,8 +179,7 @@ def run_model_on_inputs(cfg, check_outputs, console, needs_cameras: str | None =
     model, (images, names, extrinsics, intrinsics), timings = load_model_and_inputs(
         cfg, paths, names, poses, device, console, needs_cameras=needs_cameras
     )
-    if getattr(cfg, "pose_solver", None) is not None:
-        model.config = replace(model.config, pose_solver=cfg.pose_solver)
+    set_pose_solver(model, getattr(cfg, "pose_solver", None))
     kw.update(extrinsics=extrinsics, intrinsics=intrinsics, process_res=cfg.process_res)
     kw["infer_gs"] = gaussians and model.has_gs_head
     t0 = time.perf_counter()

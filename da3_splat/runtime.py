@@ -70,3 +70,12 @@ def load_model(src: str, device: str = "cpu", console=None, seed: int | None = 0
 
     hf_logging.set_verbosity_error()
     return DA3.from_pretrained(src, device=device)
+
+
+def set_pose_solver(model, solver: str | None) -> None:
+    """Where the model's pose-free cameras come from (``DA3Config.pose_solver``: "decoder" or "matches"), for
+    this session; None keeps the setting saved with the weights."""
+    if solver is not None:
+        from dataclasses import replace
+
+        model.config = replace(model.config, pose_solver=solver)

@@ -47,6 +47,9 @@ class DA3ImagesDataParserConfig(DataParserConfig):
     process_res: int | None = None
     """Longest side, in pixels, of the images DA3 sees
     (default: the model's own: 504 for the official models, the training resolution for models trained here)."""
+    pose_solver: Literal["decoder", "matches"] | None = None
+    """Cameras from DA3's camera decoder, or from the model's own patch matches lifted with its depth (better for
+    models trained here with --loss.matching); default: the setting saved with the weights."""
     max_views_per_pass: int = 64
     """Images per DA3 pass; more images run in several passes that share 4 anchor views (at least 8)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -176,7 +179,7 @@ class DA3ImagesDataParser(DataParser):
         return self._cameras
 
     def _predict(self, paths: list[Path]):
-        from da3_splat.runtime import resolve_device
+        from da3_splat.runtime import resolve_device, set_pose_solver
 
         if self.config.max_views_per_pass < 2 * ANCHORS:
             got = self.config.max_views_per_pass
@@ -184,6 +187,7 @@ class DA3ImagesDataParser(DataParser):
         images = [load_image(p) for p in paths]  # InputError names an unreadable file
         device = resolve_device(self.config.device)
         model = load_da3(self.config.weights, device)
+        set_pose_solver(model, self.config.pose_solver)
         if not model.has_cameras:
             raise DataError(f"{self.config.weights} predicts no cameras; da3-images needs an any-view model")
         if self.config.colmap:

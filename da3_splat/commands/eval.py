@@ -3,7 +3,7 @@ protocol itself is the library's (:mod:`da3_splat.eval_protocol`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -69,7 +69,7 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
     from da3_splat.nvs import SceneBatch
     from da3_splat.pose_refine import PoseRefineSettings
     from da3_splat.rendering.camera_path import to_uint8
-    from da3_splat.runtime import load_model, resolve_device
+    from da3_splat.runtime import load_model, resolve_device, set_pose_solver
 
     console = console or Console(stderr=True)
     if cfg.height % 14 or cfg.width % 14:
@@ -85,8 +85,7 @@ def run_eval(cfg: EvalConfig, console=None) -> dict:
     check_output_dir(cfg.output, cfg.overwrite)
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, device, console).eval()
-    if cfg.pose_solver is not None:
-        model.config = replace(model.config, pose_solver=cfg.pose_solver)
+    set_pose_solver(model, cfg.pose_solver)
     data = NVSDataset.for_evaluation(
         paths, size=(cfg.height, cfg.width), index=cfg.index, num_context=cfg.context_views, downscale=cfg.downscale
     )

@@ -23,7 +23,7 @@ from da3_splat.errors import InputError
 from da3_splat.files import write_json
 from da3_splat.model.weights import init_vit_weights
 from da3_splat.progress import progress_bar
-from da3_splat.runtime import ARCH_PREFIX, RANDOM_PREFIX, load_model, resolve_device
+from da3_splat.runtime import ARCH_PREFIX, RANDOM_PREFIX, load_model, resolve_device, set_pose_solver
 from da3_splat.train.config import TrainConfig, config_to_dict
 from da3_splat.train.data_order import EpochItems, StepBatches
 from da3_splat.train.step import compute_loss
@@ -79,8 +79,7 @@ def build_model(cfg: TrainConfig, device: torch.device):
         model.config = replace(model.config, model_name=cfg.model.model_name)
     if cfg.model.posed_depth_calibration is not None:
         model.config = replace(model.config, posed_depth_calibration=cfg.model.posed_depth_calibration)
-    if cfg.model.pose_solver is not None:
-        model.config = replace(model.config, pose_solver=cfg.model.pose_solver)
+    set_pose_solver(model, cfg.model.pose_solver)
     # Saved with the weights: inference then defaults to the resolution the model was trained at and, when the
     # geometry learns, to the reference-view rule it was trained with.
     model.config = replace(model.config, process_res=max(cfg.data.height, cfg.data.width))

@@ -131,6 +131,20 @@ def test_written_cameras_match_the_truth(scene, tmp_path, monkeypatch, max_views
     assert rot < 1e-3 and trans < 1e-2 and centre < 1e-4, (rot, trans, centre)
 
 
+def test_pose_solver_option_reaches_the_model(scene, monkeypatch):
+    import nerfstudio_plugin.dataparser as dp
+    from da3_splat.model import get_config
+    from da3_splat.model.preprocess import load_image
+
+    folder, sc = scene
+    stand_in = ExactCameras([load_image(p) for p in sorted(folder.glob("*.png"))], sc.w2c, sc.K)
+    stand_in.config = get_config("da3-small")
+    monkeypatch.setattr(dp, "load_da3", lambda weights, device: stand_in)
+    config = dp.DA3ImagesDataParserConfig(data=folder, eval_mode="all", device="cpu", pose_solver="matches")
+    config.setup().get_dataparser_outputs("train")
+    assert stand_in.config.pose_solver == "matches" and get_config("da3-small").pose_solver == "decoder"
+
+
 def _bottom(n: int) -> torch.Tensor:
     return torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64).expand(n, 1, 4)
 
