@@ -32,6 +32,15 @@ NEIGHBOURS = 2
 MIN_INLIERS = 8  # a view whose best fit agrees with fewer matches keeps the reference's pose (too little evidence)
 
 
+def patch_grid(patches: int, height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) of the patch grid of an image of height x width that holds ``patches`` patches."""
+    h = round((patches * height / width) ** 0.5)
+    w = patches // h
+    if h * w != patches:
+        raise ValueError(f"{patches} patches do not form a grid of the image's aspect {height}x{width}")
+    return h, w
+
+
 def _grid_points(depth: Tensor, K: Tensor, rows: Tensor, cols: Tensor, h: int, w: int) -> Tensor:
     """Camera-frame 3D points at fractional patch-grid positions: depth averaged per patch and interpolated
     bilinearly, pixel position at the patch centre. depth (H, W), K (3, 3), rows/cols (N,) -> (N, 3)."""
@@ -179,11 +188,7 @@ def cameras_from_matches(
     shares little with the reference is placed through the views between them. A view no pair reaches keeps the
     reference's pose and depth scale. Seeded RANSAC (``seed``): the same inputs give the same cameras."""
     B, S, P, _ = features.shape
-    H, W = depth.shape[-2:]
-    h = round((P * H / W) ** 0.5)
-    w = P // h
-    if h * w != P:
-        raise ValueError(f"{P} patches do not form a grid of the image's aspect {H}x{W}")
+    h, w = patch_grid(P, *depth.shape[-2:])
     generator = torch.Generator().manual_seed(seed)
     extrinsics = torch.eye(3, 4, dtype=torch.float64, device=depth.device).repeat(B, S, 1, 1)
     scale = torch.ones(B, S, dtype=torch.float64, device=depth.device)

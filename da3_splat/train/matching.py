@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from da3_splat.geometry import as_homogeneous, depth_to_world_points
+from da3_splat.model.match_pose import patch_grid
 
 VISIBLE_TOLERANCE = 0.05  # relative depth difference under which a projected point counts as seen by the other view
 
@@ -56,11 +57,7 @@ def matching_loss(
     common scale: only where points land matters). Patches without a visible correspondence are left out; with
     none at all the loss is a finite 0 with a graph."""
     B, S, P, _ = features.shape
-    H, W = depth.shape[-2:]
-    h = round((P * H / W) ** 0.5)
-    w = P // h
-    if h * w != P:
-        raise ValueError(f"{P} patches do not form a grid of the image's aspect {H}x{W}")
+    h, w = patch_grid(P, *depth.shape[-2:])
     unit = F.normalize(features.float(), dim=-1)
     losses, hits, count = [], [], 0
     with torch.no_grad():
