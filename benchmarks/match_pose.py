@@ -15,6 +15,7 @@ folder of step_* checkpoints copied from it before the trainer pruned them (it k
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -30,14 +31,15 @@ from da3_splat.geometry_metrics import depth_scores, pose_scores, relative_pose_
 from da3_splat.model.match_pose import cameras_from_matches
 from da3_splat.model.preprocess import normalize_float
 from da3_splat.nvs import SceneBatch
-from da3_splat.runtime import load_model
+from da3_splat.runtime import load_model, set_pose_solver
 from da3_splat.train.checkpoint import MODEL_FILE
 from da3_splat.train.config import load_preset
 from da3_splat.train.trainer import build_model
 
 
 def checkpoints(run: Path, kept: Path | None, every: int) -> list[tuple[str, Path]]:
-    """(step label, model.safetensors) at the multiples of ``every``, and the final model when there is one."""
+    """(step label, model.safetensors) at the multiples of ``every``, and the final model when no checkpoint holds
+    its weights."""
     found = {}
     for folder in [run / "checkpoints"] + ([kept] if kept else []):
         for d in sorted(folder.glob("step_*")):
@@ -45,16 +47,23 @@ def checkpoints(run: Path, kept: Path | None, every: int) -> list[tuple[str, Pat
             if step % every == 0 and (d / MODEL_FILE).is_file():
                 found[step] = d / MODEL_FILE
     out = [(str(s), found[s]) for s in sorted(found)]
-    if (run / "model" / "model.safetensors").is_file():
+    steps = json.loads((run / "config.json").read_text())["steps"]
+    if (run / "model" / "model.safetensors").is_file() and steps not in found:  # else the same weights twice
         out.append(("final", run / "model" / "model.safetensors"))
     return out
 
 
 def load(run: Path, weights: Path):
-    from safetensors.torch import load_file
+    """The checkpoint's (training keys) or the final model's (official keys) weights, cameras from the decoder:
+    the scoring solves the matches itself from the same pass."""
+    if weights.parent.name == "model":
+        model = load_model(str(weights.parent), "cpu")
+    else:
+        from safetensors.torch import load_file
 
-    model = build_model(load_preset(str(run / "config.json")), torch.device("cpu"))
-    model.load_state_dict(load_file(str(weights)))
+        model = build_model(load_preset(str(run / "config.json")), torch.device("cpu"))
+        model.load_state_dict(load_file(str(weights)))
+    set_pose_solver(model, "decoder")
     return model.eval()
 
 
