@@ -25,11 +25,11 @@ from torch import Tensor
 from da3_splat.geometry import umeyama
 
 TEMPERATURE = 0.1  # the matching loss's softmax temperature: the refinement reads the same distribution
-HYPOTHESES = 256  # RANSAC minimal samples (3 matches each) per view
+HYPOTHESES = 256  # RANSAC minimal samples (3 matches each) per pair of views
 INLIER_TOLERANCE = 0.1  # a match is an inlier when its 3D residual is under this fraction of its depth
 ALL_PAIRS_UP_TO = 16  # views; beyond, only neighbours in input order and the reference are matched
-NEIGHBOURS = 2
-MIN_INLIERS = 8  # a view whose best fit agrees with fewer matches keeps the reference's pose (too little evidence)
+NEIGHBOURS = 2  # beyond ALL_PAIRS_UP_TO, each view is matched with this many on either side
+MIN_INLIERS = 8  # a pair whose best fit agrees with fewer matches is not used (too little evidence)
 
 
 def patch_grid(patches: int, height: int, width: int) -> tuple[int, int]:
