@@ -265,25 +265,25 @@ def points_from_rays(depth: Tensor, ray: Tensor) -> Tensor:
 def umeyama(src: Tensor, dst: Tensor, weights: Tensor | None = None, with_scale: bool = True):
     """Least-squares similarity transform with ``dst ~ s * R @ src + t`` (Umeyama 1991).
 
-    src, dst: (N, 3). Returns (R (3, 3), t (3,), s scalar tensor). Computed in float64 for stability.
+    src, dst: (..., N, 3), weights (..., N): any leading batch dimensions fit independently. Returns
+    (R (..., 3, 3), t (..., 3), s (...)). Computed in float64 for stability.
     """
-    if src.shape[0] < 2:
+    if src.shape[-2] < 2:
         raise ValueError("umeyama needs at least 2 points")
     dtype = src.dtype
     src, dst = src.double(), dst.double()
-    w = torch.ones(src.shape[0], dtype=src.dtype, device=src.device) if weights is None else weights.double()
-    w = w / w.sum()
-    mu_s, mu_d = (w[:, None] * src).sum(0), (w[:, None] * dst).sum(0)
-    xs, xd = src - mu_s, dst - mu_d
-    var_s = (w * (xs * xs).sum(-1)).sum()
-    cov = (w[:, None, None] * xd[:, :, None] * xs[:, None, :]).sum(0)
+    w = torch.ones(src.shape[:-1], dtype=src.dtype, device=src.device) if weights is None else weights.double()
+    w = w / w.sum(-1, keepdim=True)
+    mu_s, mu_d = (w[..., None] * src).sum(-2), (w[..., None] * dst).sum(-2)
+    xs, xd = src - mu_s[..., None, :], dst - mu_d[..., None, :]
+    var_s = (w * (xs * xs).sum(-1)).sum(-1)
+    cov = (w[..., None, None] * xd[..., :, None] * xs[..., None, :]).sum(-3)
     U, D, Vt = torch.linalg.svd(cov)
-    E = torch.eye(3, dtype=src.dtype, device=src.device)
-    if torch.det(U) * torch.det(Vt) < 0:
-        E[2, 2] = -1
-    R = U @ E @ Vt
-    s = (D * E.diagonal()).sum() / var_s.clamp(min=1e-12) if with_scale else torch.ones((), dtype=src.dtype)
-    t = mu_d - s * R @ mu_s
+    E = torch.ones_like(D)
+    E[..., 2] = torch.where(torch.det(U) * torch.det(Vt) < 0, -1.0, 1.0)  # a reflection is not a rotation
+    R = U @ torch.diag_embed(E) @ Vt
+    s = (D * E).sum(-1) / var_s.clamp(min=1e-12) if with_scale else torch.ones_like(var_s)
+    t = mu_d - ((s[..., None, None] * R) @ mu_s[..., None]).squeeze(-1)
     return R.to(dtype), t.to(dtype), s.to(dtype)
 
 

@@ -10,6 +10,7 @@ Model sources (one parser for every command and the trainer):
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from da3_splat.errors import InputError
@@ -76,6 +77,4 @@ def set_pose_solver(model, solver: str | None) -> None:
     """Where the model's pose-free cameras come from (``DA3Config.pose_solver``: "decoder" or "matches"), for
     this session; None keeps the setting saved with the weights."""
     if solver is not None:
-        from dataclasses import replace
-
         model.config = replace(model.config, pose_solver=solver)

@@ -83,28 +83,12 @@ def mutual_matches(ref: Tensor, other: Tensor, h: int, w: int) -> tuple[Tensor, 
     return src, rows, cols, prob
 
 
-def _batched_umeyama(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Unweighted similarity fits of N minimal samples: src, dst (N, k, 3) -> R (N, 3, 3), t (N, 3), s (N,)."""
-    mu_s, mu_d = src.mean(1, keepdim=True), dst.mean(1, keepdim=True)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.transpose(1, 2) @ xs / src.shape[1]
-    U, D, Vt = torch.linalg.svd(cov)
-    sign = torch.sign(torch.det(U) * torch.det(Vt))
-    E = torch.ones_like(D)
-    E[:, 2] = sign
-    R = U @ torch.diag_embed(E) @ Vt
-    var = (xs * xs).sum((1, 2)) / src.shape[1]
-    s = (D * E).sum(1) / var.clamp(min=1e-12)
-    t = mu_d.squeeze(1) - s[:, None] * (R @ mu_s.transpose(1, 2)).squeeze(2)
-    return R, t, s
-
-
 def similarity_ransac(src: Tensor, dst: Tensor, weight: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
     """Robust ``dst ~ s R src + t`` from 3D matches (N, 3) each: the minimal fit with the largest inlier weight,
     refitted on its inliers. Returns (R, t, s, inlier mask)."""
     n = src.shape[0]
     picks = torch.stack([torch.randperm(n, generator=generator)[:3] for _ in range(HYPOTHESES)]).to(src.device)
-    R, t, s = _batched_umeyama(src[picks], dst[picks])
+    R, t, s = umeyama(src[picks], dst[picks])  # every minimal sample at once
     moved = s[:, None, None] * src[None] @ R.transpose(1, 2) + t[:, None]
     residual = (moved - dst[None]).norm(dim=-1) / dst[None, :, 2].abs().clamp(min=1e-9)
     ok = (s > 0)[:, None] & (residual < INLIER_TOLERANCE)
