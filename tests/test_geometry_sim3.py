@@ -20,6 +20,16 @@ def test_umeyama_recovers_an_exact_similarity():
     assert torch.allclose(R2, R, atol=1e-10) and torch.allclose(t2, t, atol=1e-10) and torch.allclose(s2, s)
 
 
+def test_umeyama_fits_a_batch_as_it_fits_each_member():
+    g = torch.Generator().manual_seed(5)
+    src, dst = (torch.randn(4, 9, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    weights = torch.rand(4, 9, generator=g, dtype=torch.float64)
+    batched = umeyama(src, dst, weights)
+    for i in range(4):
+        for got, single in zip(batched, umeyama(src[i], dst[i], weights[i]), strict=True):
+            torch.testing.assert_close(got[i], single, atol=1e-12, rtol=0)
+
+
 def test_ransac_ignores_outlier_pairs_that_bias_plain_umeyama():
     R, t, s = _similarity(2)
     src = torch.randn(16, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
