@@ -158,13 +158,18 @@ def chunking(cfg) -> tuple[int, int] | None:
     """``cfg.chunk_size`` / ``cfg.chunk_overlap`` checked (one-line InputErrors, before anything loads) ->
     (chunk size, overlap), or None for one pass over all views."""
     size, overlap = getattr(cfg, "chunk_size", None), getattr(cfg, "chunk_overlap", None)
+    known = getattr(cfg, "poses", None) is not None
+    if getattr(cfg, "loop_closure", False):
+        if size is None:
+            raise InputError("--loop-closure needs --chunk-size (loops are closed between chunks)")
+        if known:
+            raise InputError("--loop-closure is for pose-free runs: with --poses the chunks share the given frame")
     if size is None:
         if overlap is not None:
             raise InputError("--chunk-overlap needs --chunk-size")
         return None
     from da3_splat.streaming import check_chunking
 
-    known = getattr(cfg, "poses", None) is not None
     return size, check_chunking(size, overlap, known, names=("--chunk-size", "--chunk-overlap"))
 
 
@@ -191,7 +196,8 @@ def run_model_on_inputs(cfg, check_outputs, console, needs_cameras: str | None =
 
         what = f"{len(images)} views in chunks of {chunks[0]} sharing {chunks[1]}"
         with status(console, f"Running {model.config.model_name} on {what} ({device}) ..."):
-            pred = infer_streaming(model, images, *chunks, progress=progress, **kw)
+            loops = getattr(cfg, "loop_closure", False)
+            pred = infer_streaming(model, images, *chunks, progress=progress, loop_closure=loops, **kw)
     else:
         with status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):
             pred = model.infer(images, **kw)

@@ -18,8 +18,10 @@ only if that fails too does the run stop, with one line naming the chunk. ``extr
 fallback.
 
 Overlap frames keep the earlier chunk's prediction: it is already in the world frame and it is what the later
-chunk was fitted to, so the kept frames carry no fit error of their own. No loop closure: drift accumulates along
-the chain of fits (``benchmarks/streaming.py`` measures it).
+chunk was fitted to, so the kept frames carry no fit error of their own. Drift accumulates along the chain of fits
+(``benchmarks/streaming.py`` measures it); with ``loop_closure``, places the trajectory visits again are found,
+measured by one more pass each and the drift spread over the chunks by a pose graph
+(:mod:`da3_splat.streaming_loops`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,19 @@ import torch
 
 from da3_splat.errors import InputError
 from da3_splat.gaussians import Gaussians
-from da3_splat.geometry import apply_sim3_to_w2c, as_homogeneous
+from da3_splat.geometry import apply_sim3_to_w2c, as_homogeneous, camera_centers
 from da3_splat.model.inference import Prediction
 from da3_splat.streaming_align import MAX_POINTS, MAX_RESIDUAL, MIN_OVERLAP_POSE_FREE, Sim3, align_chunk
+from da3_splat.streaming_loops import (
+    MIN_SIMILARITY,
+    chunk_centroids,
+    frame_descriptors,
+    loop_candidates,
+    loop_error,
+    measure_loop,
+    optimise_chunk_graph,
+    sim3_parts,
+)
 
 ANCHORS = 4  # merged frames re-run with a chunk whose overlap cannot be trusted
 PER_VIEW = ("depth", "depth_conf", "processed_images", "extrinsics", "intrinsics", "ray", "ray_conf", "sky")
@@ -79,7 +91,15 @@ def chunk_ranges(n: int, chunk_size: int, overlap: int) -> list[tuple[int, int]]
 
 
 def describe_chunk(info: dict) -> str:
-    """One line per merged chunk, for the commands' consoles."""
+    """One line per merged chunk (or per loop tried, with loop closure), for the commands' consoles."""
+    if "loop" in info:
+        p, q = info["frames"]
+        line = f"loop {info['loop']}: frames {p + 1} and {q + 1} (similarity {info['similarity']:.2f})"
+        if info.get("rejected"):
+            return f"{line}: not used, {info['rejected']}"
+        d = info["drift"]
+        return (f"{line}: drift {d['rotation_deg']:.2f} deg, {100 * d['translation']:.1f}% of the depth in "
+                f"translation, scale x{d['scale']:.3f}")  # fmt: skip
     line = (
         f"chunk {info['chunk']}/{info['chunks']}: frames {info['start'] + 1}-{info['stop']} ({info['seconds']:.1f} s)"
     )
@@ -97,17 +117,22 @@ def describe_chunk(info: dict) -> str:
 # Merging
 
 
+def _moved(depth: np.ndarray, extrinsics: np.ndarray, ray: np.ndarray | None, sim: Sim3):
+    """Per-view arrays after their world moves by x' = s R x + t: depth scaled, cameras and rays moved."""
+    R, t, s = sim
+    w2c = apply_sim3_to_w2c(as_homogeneous(torch.from_numpy(extrinsics).double()), R, t, s)
+    if ray is not None:  # [direction, centre]; depth carries the scale, so directions only rotate
+        Rn, tn = R.numpy(), t.numpy()
+        d, c = ray[..., :3] @ Rn.T, float(s) * ray[..., 3:] @ Rn.T + tn
+        ray = np.concatenate([d, c], -1).astype(ray.dtype)
+    return depth * np.float32(s), w2c[:, :3].numpy().astype(extrinsics.dtype), ray
+
+
 def _transformed(pred: Prediction, sim: Sim3) -> Prediction:
     """``pred`` after its world moves by x' = s R x + t: depth scaled, cameras and rays moved, intrinsics kept."""
-    R, t, s = sim
-    pred.depth = pred.depth * np.float32(s)
-    w2c = apply_sim3_to_w2c(as_homogeneous(torch.from_numpy(pred.extrinsics).double()), R, t, s)
-    pred.extrinsics = w2c[:, :3].float().numpy()
-    if pred.ray is not None:  # [direction, centre]; depth carries the scale, so directions only rotate
-        Rn, tn = R.numpy(), t.numpy()
-        d, c = pred.ray[..., :3] @ Rn.T, float(s) * pred.ray[..., 3:] @ Rn.T + tn
-        pred.ray = np.concatenate([d, c], -1).astype(pred.ray.dtype)
+    pred.depth, pred.extrinsics, pred.ray = _moved(pred.depth, pred.extrinsics, pred.ray, sim)
     if pred.gaussians is not None:
+        R, t, s = sim
         pred.gaussians = pred.gaussians.transformed(R.float(), t.float(), float(s))
     return pred
 
@@ -151,6 +176,56 @@ def _depth_disagreement(world: np.ndarray, chunk: np.ndarray, rng: np.random.Gen
     return float(np.median(rel)), rng.choice(rel, min(rel.size, MAX_POINTS), replace=False)
 
 
+def _depth_length(depth: np.ndarray) -> float:
+    """The scene's depth scale: median depth over up to 64 frames spread over the run."""
+    sample = depth[:: max(1, len(depth) // 64)]
+    with np.errstate(invalid="ignore"):
+        ok = sample[np.isfinite(sample) & (sample > 0)]
+    return float(np.median(ok)) if ok.size else 1.0
+
+
+def _close_loops(model, images, out, owner, gaussians, chunk_size, rng, max_residual, min_similarity, infer_kw,
+                 progress) -> dict:  # fmt: skip
+    """Find, measure and close the loops of a merged pose-free run in place (cameras, depth, rays, Gaussians)."""
+    n, chunks = len(images), int(owner[-1]) + 1
+    desc = frame_descriptors(out["processed_images"])
+    candidates = loop_candidates(desc, 2 * chunk_size, chunk_size, chunks // 2 + 1, min_similarity)
+    world = _views(out, 0, n)
+    length = _depth_length(out["depth"])
+    centres = camera_centers(torch.from_numpy(out["extrinsics"].astype(np.float64))).numpy()
+    edges, infos = [], []
+    for p, q, similarity in candidates:
+        i, j = int(owner[p]), int(owner[q])
+        info: dict = {"loop": len(infos) + 1, "frames": [p, q], "chunks": [i + 1, j + 1], "similarity": similarity}
+        fit = "the two visits are in neighbouring chunks" if j - i < 2 else None
+        fit = fit or measure_loop(model, images, world, p, q, chunk_size // 2, rng, max_residual, infer_kw)
+        if isinstance(fit, str):
+            info["rejected"] = fit
+        else:
+            M, stats = fit
+            info.update(stats, drift=loop_error(M, centres[p], length))
+            edges.append((i, j, M, centres[p]))
+        infos.append(info)
+        if progress is not None:
+            progress(info)
+    if edges:
+        C = optimise_chunk_graph(chunk_centroids(out["extrinsics"], owner, chunks), edges, length)
+        for info, (i, j, M, c) in zip([x for x in infos if "drift" in x], edges):
+            info["drift_after"] = loop_error(np.linalg.inv(M) @ np.linalg.inv(C[i]) @ C[j], c, length)
+        for k in range(chunks):
+            lo, hi = np.flatnonzero(owner == k)[[0, -1]] + [0, 1]
+            sim = sim3_parts(C[k])
+            out["depth"][lo:hi], out["extrinsics"][lo:hi], moved_ray = _moved(
+                out["depth"][lo:hi], out["extrinsics"][lo:hi], None if out["ray"] is None else out["ray"][lo:hi], sim
+            )
+            if moved_ray is not None:
+                out["ray"][lo:hi] = moved_ray
+            if gaussians:
+                R, t, s = sim
+                gaussians[k] = gaussians[k].transformed(R.float(), t.float(), float(s))
+    return {"candidates": len(candidates), "applied": len(edges), "loops": infos}
+
+
 def infer_streaming(
     model: Any,
     images: Sequence,
@@ -162,6 +237,8 @@ def infer_streaming(
     progress: Callable[[dict], None] | None = None,
     max_residual: float = MAX_RESIDUAL,
     seed: int = 0,
+    loop_closure: bool = False,
+    loop_similarity: float = MIN_SIMILARITY,
     **infer_kw,
 ) -> Prediction:
     """DA3 on ``images`` in chunks of ``chunk_size`` neighbouring frames sharing ``overlap`` frames (default
@@ -174,6 +251,11 @@ def infer_streaming(
     duplicates dropped; ``return_rays``: pose-free, the rays are moved too; with known poses they are dropped,
     as each chunk's stay in its own normalised frame). A chunk whose overlap cannot fix a similarity raises a
     one-line InputError naming it. Chunk 1 fixes ``is_metric`` and ``scale_factor``.
+
+    ``loop_closure`` (pose-free only; with known poses the caller's frame is already fixed): frame pairs whose
+    thumbnails correlate at ``loop_similarity`` or more, at least two chunks apart, are measured by one more pass
+    of one chunk's size each and the chunks corrected by a pose graph; ``progress`` gets one entry per loop tried
+    and ``extra["streaming"]["loop_closure"]`` records them.
     """
     known = extrinsics is not None
     if known and intrinsics is None:
@@ -189,6 +271,7 @@ def infer_streaming(
     samples: list[np.ndarray] = []
     first: dict = {}  # chunk 1's size, units and extras (not the chunk itself, which would stay in memory)
     done = 0  # frames [0, done) are merged
+    owner = np.zeros(n, dtype=np.int64)  # the chunk whose prediction each frame keeps
     for k, (a, b) in enumerate(ranges):
         t0 = time.perf_counter()
         label = f"streaming: chunk {k + 1}/{len(ranges)} (frames {a + 1}-{b})"
@@ -250,12 +333,19 @@ def infer_streaming(
                 raise ValueError(f"{label}: {pred.gaussians.num_gaussians} Gaussians for {b - a} views")
             kept = pred.gaussians.select(slice(shared * per_view, None))
             gaussians.append(kept.clone() if shared else kept)  # a view would keep the dropped duplicates alive
+        owner[done:b] = k
         done = b
         info["seconds"] = time.perf_counter() - t0
         infos.append(info)
         if progress is not None:
             progress(info)
         del pred
+    loops = None
+    if loop_closure and not known and len(ranges) > 2:
+        loops = _close_loops(
+            model, images, out, owner, gaussians, chunk_size, rng, max_residual, loop_similarity,
+            dict(process_res=process_res, **infer_kw), progress,
+        )  # fmt: skip
     if known and out.get("ray") is not None:
         out["ray"] = out["ray_conf"] = None  # each chunk's rays stay in its own normalised frame: not mergeable
     pooled = np.concatenate(samples) if samples else np.empty(0)
@@ -266,6 +356,7 @@ def infer_streaming(
         "overlap_kept_from": "earlier chunk",
         "chunks": infos,
         "depth_disagreement": float(np.median(pooled)) if pooled.size else None,
+        "loop_closure": loops,
     }
     return Prediction(
         **{name: out[name] for name in PER_VIEW},

@@ -270,6 +270,7 @@ def test_predict_streams_chunks_on_the_bundled_model(twelve_images, tmp_path):
         (("--chunk-size", 1), "--chunk-size must be at least 3"),
         (("--chunk-size", 6, "--chunk-overlap", 6), "--chunk-overlap (6) must be smaller than --chunk-size (6)"),
         (("--chunk-overlap", 3), "--chunk-overlap needs --chunk-size"),
+        (("--loop-closure",), "--loop-closure needs --chunk-size"),
     ],
 )
 def test_bad_chunk_flags_fail_before_the_model_loads(twelve_images, tmp_path, flags, match):

@@ -59,6 +59,9 @@ class PredictConfig:
     chunk_overlap: int | None = None
     """Views shared by consecutive chunks (default: a quarter of --chunk-size, at least 2; at least 2 without
     --poses, as the chunks are aligned on them)."""
+    loop_closure: bool = False
+    """With --chunk-size and no --poses: find places the capture visits again (frames that look alike, at least
+    two chunks apart), measure the drift there with one extra pass each, and spread it over the chunks."""
     pose_solver: Literal["decoder", "matches"] | None = None
     """Pose-free cameras from the camera decoder, or from the model's own patch matches lifted with its depth
     (``model.match_pose``; better for models trained here with --loss.matching); default: the model's setting."""

@@ -111,9 +111,26 @@ def _pan(rng, lo, hi, s):
     return path, path + 2.0 * look
 
 
+def _loop(rng, lo, hi, s):
+    """A closed orbit of 1.1 turns around a point near the room centre, looking at it: the last tenth of the path
+    sees again what the first did (a revisit, for loop closure). Height and target are periodic in the angle."""
+    mid, half = (lo + hi)[[0, 2]] / 2, _free_half(lo, hi)
+    radius = np.minimum(rng.uniform(0.4, 0.76, 2) * (half + WALL_MARGIN), half)
+    center = mid + rng.uniform(-1, 1, 2) * np.minimum(half - radius, 0.2 * (half + WALL_MARGIN))
+    turn = rng.choice([-1, 1]) * 2 * np.pi * 1.1 * s
+    theta = rng.uniform(0, 2 * np.pi) + turn
+    x, z = center[0] + radius[0] * np.cos(theta), center[1] + radius[1] * np.sin(theta)
+    bob = 0.05
+    top = min(1.8, hi[1] - WALL_MARGIN - bob)
+    y = rng.uniform(min(max(1.1, lo[1] + WALL_MARGIN + bob), top), top) + bob * np.sin(2 * theta)
+    target = np.stack([np.full_like(s, center[0]), np.full_like(s, rng.uniform(0.3, 1.0)), np.full_like(s, center[1])])
+    return np.stack([x, y, z], 1), target.T
+
+
 # "pan" (opt-in): a handheld pan, rotation with little parallax. The cross-view signal of a rotation is a plain
 # image shift there, an easier start for a network that has to learn to match views from scratch.
-_PATHS = {"orbit": _orbit, "dolly": _dolly, "figure8": _figure8, "pan": _pan}
+# "loop" (opt-in): a closed orbit that revisits its start, for loop closure (benchmarks/streaming.py).
+_PATHS = {"orbit": _orbit, "dolly": _dolly, "figure8": _figure8, "pan": _pan, "loop": _loop}
 TRAJECTORY_KINDS = tuple(_PATHS)
 
 

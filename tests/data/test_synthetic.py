@@ -258,3 +258,17 @@ def test_pan_rotates_in_place_and_is_opt_in():
         yaw = np.degrees(np.arctan2(forward[:, 2], forward[:, 0]))
         turn = abs((yaw[-1] - yaw[0] + 180) % 360 - 180)
         assert 30 - 1e-6 <= turn <= 90 + 1e-6  # the first and the last frame are the ends of the sweep
+
+
+def test_loop_orbit_closes_and_is_opt_in():
+    """A loop turns 1.1 times around its centre: the last tenth of the frames retraces the first (the same place
+    and view direction, for loop closure); the default mix never draws one."""
+    assert "loop" not in SyntheticConfig().trajectories
+    sc = render_scene(SyntheticConfig(frames=111, height=16, width=24, trajectories=("loop",)), seed=1)
+    assert sc.info["trajectory"] == "loop"
+    c2w = np.linalg.inv(sc.w2c)
+    centres, forward = c2w[:, :3, 3], c2w[:, :3, 2]
+    step = np.linalg.norm(np.diff(centres, axis=0), axis=1).mean()
+    # frame 100 is one full turn after frame 0: the same place (within a step) and the same view direction
+    assert np.linalg.norm(centres[100] - centres[0]) < step and forward[100] @ forward[0] > 0.999
+    assert np.linalg.norm(centres[50] - centres[0]) > 10 * step  # half a turn away it is elsewhere

@@ -1,0 +1,199 @@
+"""Loop closure for streaming runs (:mod:`da3_splat.streaming`): when the trajectory comes back to a place it saw
+chunks earlier, the chain of chunk alignments has drifted by then; a pass over frames from both visits measures
+that drift, and a Sim(3) pose graph over the chunks spreads it along the chain.
+
+- **Candidates** (:func:`loop_candidates`): frame pairs at least ``min_gap`` frames apart whose thumbnails
+  (:func:`frame_descriptors`, zero-mean unit-norm 12x16 colour images, so the dot product is their normalised
+  cross-correlation) look alike, best first, one per neighbourhood.
+- **Verification** (:func:`measure_loop`): DA3 runs once on ``half`` frames around each end (one chunk's worth, so
+  memory stays bounded) and that pass is fitted to the merged frames of each visit separately, with the same
+  robust overlap fit as the chain (:func:`da3_splat.streaming_align.align_chunk`). Both fits must pass its inlier
+  and residual tests; a candidate that fails is recorded and not used.
+- **Pose graph** (:func:`optimise_chunk_graph`): one similarity correction per chunk (chunk 1 fixed), identity
+  edges between consecutive chunks (the chain made them agree) and one edge per verified loop; weighted least
+  squares on rotation, translation (over the scene depth) and log-scale, by L-BFGS. Each correction acts about
+  its chunk's camera centroid, so a small rotation does not become a large translation far from the origin.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from da3_splat.geometry import camera_centers
+from da3_splat.streaming_align import align_chunk
+
+DESCRIPTOR_SIZE = (16, 12)  # (width, height) of the thumbnails compared to find revisits
+MIN_SIMILARITY = 0.93  # normalised cross-correlation of two thumbnails for a loop candidate
+# Residual units of the pose graph: 1 degree of rotation weighs as 1% of the scene depth in translation and as 1%
+# in scale, so no term dominates by its units alone.
+ROT_UNIT, TRANS_UNIT, SCALE_UNIT = np.radians(1.0), 0.01, 0.01
+
+
+def frame_descriptors(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) images -> (N, D) float64 thumbnails, zero mean and unit norm each (a flat image gives zeros)."""
+    thumbs = np.stack([cv2.resize(im, DESCRIPTOR_SIZE, interpolation=cv2.INTER_AREA) for im in images])
+    d = thumbs.reshape(len(images), -1).astype(np.float64)
+    d -= d.mean(1, keepdims=True)
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    return np.divide(d, norm, out=np.zeros_like(d), where=norm > 1e-9)
+
+
+def loop_candidates(
+    desc: np.ndarray, min_gap: int, radius: int, max_candidates: int, min_similarity: float = MIN_SIMILARITY
+) -> list[tuple[int, int, float]]:
+    """Frame pairs (p, q, similarity), p < q - min_gap + 1, best first; a pair within ``radius`` frames of a better
+    one at both ends is dropped (it would measure the same loop again)."""
+    n = len(desc)
+    if n <= min_gap:
+        return []
+    sim = desc @ desc.T
+    p, q = np.triu_indices(n, k=min_gap)
+    keep = sim[p, q] >= min_similarity
+    p, q, s = p[keep], q[keep], sim[p, q][keep]
+    chosen: list[tuple[int, int, float]] = []
+    for k in np.argsort(-s, kind="stable"):
+        a, b = int(p[k]), int(q[k])
+        if any(abs(a - c) <= radius and abs(b - d) <= radius for c, d, _ in chosen):
+            continue
+        chosen.append((a, b, float(s[k])))
+        if len(chosen) == max_candidates:
+            break
+    return chosen
+
+
+def _window(centre: int, half: int, n: int) -> list[int]:
+    lo = min(max(0, centre - half // 2), max(0, n - half))
+    return list(range(lo, min(n, lo + half)))
+
+
+def sim3_matrix(R: torch.Tensor, t: torch.Tensor, s) -> np.ndarray:
+    """x -> s R x + t as a 4x4 float64 matrix."""
+    M = np.eye(4)
+    M[:3, :3] = float(s) * R.double().numpy()
+    M[:3, 3] = t.double().numpy()
+    return M
+
+
+def sim3_parts(M: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4x4 similarity -> (R, t, s) float64 tensors."""
+    s = float(np.cbrt(np.linalg.det(M[:3, :3])))
+    return torch.from_numpy(M[:3, :3] / s), torch.from_numpy(M[:3, 3].copy()), torch.tensor(s, dtype=torch.float64)
+
+
+def measure_loop(model, images, world: dict, p: int, q: int, half: int, rng, max_residual: float, infer_kw: dict):
+    """The drift between visits p and q: DA3 on ``half`` frames around each, fitted to each visit's merged frames
+    (``world``: per-frame depth, depth_conf, extrinsics, intrinsics of everything merged) -> (M, stats) with M the
+    4x4 similarity taking q's world coordinates to p's (identity when nothing drifted), or a string saying why
+    the loop cannot be trusted."""
+    n = len(images)
+    around_p, around_q = _window(p, half, n), _window(q, half, n)
+    pred = model.infer([images[i] for i in around_p + around_q], **infer_kw)
+    if pred.extrinsics is None:
+        return "the model returned no cameras"
+    views = vars(pred)
+    fits = []
+    for frames, lo, hi in ((around_p, 0, len(around_p)), (around_q, len(around_p), len(around_p) + len(around_q))):
+        mine = {k: views[k][lo:hi] for k in ("depth", "depth_conf", "extrinsics", "intrinsics")}
+        theirs = {k: world[k][frames] for k in mine}
+        fit = align_chunk(theirs, mine, rng, max_residual)
+        if isinstance(fit, str):
+            return f"frames {frames[0] + 1}-{frames[-1] + 1}: {fit}"
+        fits.append(fit)
+    (to_p, stats_p), (to_q, stats_q) = fits
+    M = sim3_matrix(*to_p) @ np.linalg.inv(sim3_matrix(*to_q))
+    return M, {"residual": max(stats_p["residual"], stats_q["residual"]),
+               "inliers": min(stats_p["inliers"], stats_q["inliers"])}  # fmt: skip
+
+
+def _skew(w: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros_like(w[..., 0])
+    return torch.stack(
+        [torch.stack([z, -w[..., 2], w[..., 1]], -1),
+         torch.stack([w[..., 2], z, -w[..., 0]], -1),
+         torch.stack([-w[..., 1], w[..., 0], z], -1)], -2)  # fmt: skip
+
+
+def _similarities(params: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(K, 7) [rotation vector, translation, log-scale] acting about (K, 3) centres -> (K, 4, 4)."""
+    R = torch.linalg.matrix_exp(_skew(params[:, :3]))
+    s = params[:, 6].exp()[:, None, None]
+    t = centres + params[:, 3:6] - (s * R @ centres[..., None]).squeeze(-1)  # x -> c + s R (x - c) + tau
+    top = torch.cat([s * R, t[..., None]], -1)
+    bottom = torch.tensor([0.0, 0, 0, 1], dtype=params.dtype).expand(len(params), 1, 4)
+    return torch.cat([top, bottom], 1)
+
+
+def edge_residual(E: torch.Tensor, centre: torch.Tensor, length: float) -> torch.Tensor:
+    """(..., 4, 4) similarities that should be the identity -> (..., 7) residuals in the graph's units: rotation
+    angle times axis, translation about ``centre`` over ``length``, log-scale."""
+    s = torch.linalg.det(E[..., :3, :3]).clamp(min=1e-30) ** (1 / 3)
+    R = E[..., :3, :3] / s[..., None, None]
+    v = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1) / 2
+    sin = (v.square().sum(-1) + 1e-30).sqrt()
+    angle = torch.atan2(sin, (R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2)
+    moved = (E[..., :3, :3] @ centre[..., None]).squeeze(-1) + E[..., :3, 3] - centre  # where E moves the centre
+    return torch.cat(
+        [v * (angle / sin)[..., None] / ROT_UNIT, moved / length / TRANS_UNIT, (s.log() / SCALE_UNIT)[..., None]], -1
+    )
+
+
+def optimise_chunk_graph(
+    centres: np.ndarray, loops: list[tuple[int, int, np.ndarray, np.ndarray]], length: float, iters: int = 200
+) -> np.ndarray:
+    """Per-chunk corrections (K, 4, 4), chunk 0's the identity.
+
+    centres: (K, 3) camera centroid of each chunk's frames (the point its correction acts about); loops: (i, j, M,
+    c) with M the similarity taking chunk j's world coordinates to chunk i's and c a point near the loop (its
+    residual is taken about c); length: the scene's depth scale. Minimises the squared :func:`edge_residual` of
+    M^-1 C_i^-1 C_j over the loops plus that of C_k^-1 C_k+1 over consecutive chunks (the chain made them agree)."""
+    K = len(centres)
+    c = torch.from_numpy(np.asarray(centres, np.float64))
+    params = torch.zeros(K - 1, 7, dtype=torch.float64, requires_grad=True)
+    i_loop = torch.tensor([lp[0] for lp in loops], dtype=torch.long)
+    j_loop = torch.tensor([lp[1] for lp in loops], dtype=torch.long)
+    M_inv = torch.from_numpy(np.stack([np.linalg.inv(lp[2]) for lp in loops])) if loops else None
+    c_loop = torch.from_numpy(np.stack([lp[3] for lp in loops]).astype(np.float64)) if loops else None
+
+    def corrections() -> torch.Tensor:
+        return torch.cat([torch.eye(4, dtype=torch.float64)[None], _similarities(params, c[1:])])
+
+    def energy() -> torch.Tensor:
+        C = corrections()
+        seq = torch.linalg.inv(C[:-1]) @ C[1:]
+        total = edge_residual(seq, c[1:], length).square().sum()
+        if loops:
+            E = M_inv @ torch.linalg.inv(C[i_loop]) @ C[j_loop]
+            total = total + edge_residual(E, c_loop, length).square().sum()
+        return total
+
+    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=iters, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure():
+        opt.zero_grad()
+        e = energy()
+        e.backward()
+        return e
+
+    if loops and K > 1:
+        opt.step(closure)
+    with torch.no_grad():
+        return corrections().numpy()
+
+
+def loop_error(M: np.ndarray, centre: np.ndarray, length: float) -> dict:
+    """A loop's discrepancy in words: rotation (deg), translation (share of the scene depth) and scale."""
+    r = edge_residual(torch.from_numpy(M)[None], torch.from_numpy(centre)[None], length)[0].numpy()
+    return {
+        "rotation_deg": float(np.linalg.norm(r[:3]) * np.degrees(ROT_UNIT)),
+        "translation": float(np.linalg.norm(r[3:6]) * TRANS_UNIT),
+        "scale": float(np.exp(r[6] * SCALE_UNIT)),
+    }
+
+
+def chunk_centroids(extrinsics: np.ndarray, owner: np.ndarray, chunks: int) -> np.ndarray:
+    """(K, 3) mean camera centre of each chunk's frames (``owner[f]``: the chunk that wrote frame f)."""
+    centres = camera_centers(torch.from_numpy(np.asarray(extrinsics, np.float64))).numpy()
+    return np.stack([centres[owner == k].mean(0) for k in range(chunks)])
