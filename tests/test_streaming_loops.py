@@ -164,8 +164,10 @@ class _Cfg:
 
 @pytest.mark.parametrize(
     ("kw", "match"),
-    [({"loop_closure": True}, "needs --chunk-size"),
-     ({"loop_closure": True, "chunk_size": 8, "poses": "t.json"}, "pose-free")],  # fmt: skip
+    [
+        ({"loop_closure": True}, "needs --chunk-size"),
+        ({"loop_closure": True, "chunk_size": 8, "poses": "t.json"}, "pose-free"),
+    ],  # fmt: skip
 )
 def test_loop_closure_options_are_checked(kw, match):
     with pytest.raises(InputError, match=match):
