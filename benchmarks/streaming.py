@@ -31,10 +31,13 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS, ROOT, loadavg, machine_header, md_table
 
-MODES = ("one pass", "streaming")
+sys.path.insert(0, str(ROOT))
+from da3_splat.data.synthetic import TRAJECTORY_KINDS  # noqa: E402
+
+MODES = ("one pass", "streaming", "streaming + loop closure")
 HEADERS = ["frames", "mode", "peak RSS GiB", "added by inference GiB", "of which outputs GiB", "working GiB",
            "CUDA peak GiB", "s / frame", "ATE / extent",
-           "rot. err deg, frames D apart"]  # fmt: skip
+           "rot. err deg, frames D apart", "loops used / found"]  # fmt: skip
 GIB = 2.0**30
 
 
@@ -76,19 +79,21 @@ def child(args) -> None:
     """One (scene, mode) run; prints one JSON line."""
     import torch
 
-    from da3_splat.runtime import load_model
+    from da3_splat.runtime import load_model, set_pose_solver
     from da3_splat.streaming import infer_streaming
 
     torch.set_num_threads(args.threads)
     with np.load(args.scene) as z:
         images, gt = list(z["images"]), z["w2c"]
     model = load_model(args.model, args.device, None)
+    set_pose_solver(model, args.pose_solver)
     before = rss_bytes()
     t0 = time.perf_counter()
     if args.mode == "one pass":
         pred = model.infer(images)
     else:
-        pred = infer_streaming(model, images, args.chunk_size, args.overlap)
+        loops = args.mode == "streaming + loop closure"
+        pred = infer_streaming(model, images, args.chunk_size, args.overlap, loop_closure=loops)
     if args.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -103,6 +108,7 @@ def child(args) -> None:
         "ate": ate,
         "rot_err_deg": rot,
         "rot_step": step,
+        "loops": (pred.extra.get("streaming") or {}).get("loop_closure"),
     }
     print(json.dumps(out))
 
@@ -110,7 +116,7 @@ def child(args) -> None:
 def run_one(scene: Path, mode: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", str(scene), "--mode", mode, "--model", args.model]
     cmd += ["--device", args.device, "--threads", str(args.threads), "--chunk-size", str(args.chunk_size)]
-    cmd += ["--overlap", str(args.overlap)]
+    cmd += ["--overlap", str(args.overlap)] + (["--pose-solver", args.pose_solver] if args.pose_solver else [])
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -130,6 +136,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=126)
     ap.add_argument("--width", type=int, default=224)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--trajectory", choices=TRAJECTORY_KINDS, help="one path kind (default: the generator's mix)")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:2]))
+    ap.add_argument("--pose-solver", choices=["decoder", "matches"], help="pose-free cameras (default: the model's)")
     ap.add_argument("--one-pass-max", type=int, default=None, help="skip one pass above this many frames")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -142,7 +151,6 @@ def main() -> None:
         args.scene = args.child
         return child(args)
 
-    sys.path.insert(0, str(ROOT))
     from da3_splat.data.synthetic import SyntheticConfig, render_scene
 
     load_before = loadavg()
@@ -150,32 +158,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.frames:
             t0 = time.perf_counter()
-            scene = render_scene(SyntheticConfig(frames=n, height=args.height, width=args.width), args.seed)
+            kinds = {"trajectories": (args.trajectory,)} if args.trajectory else {}
+            scene = render_scene(SyntheticConfig(frames=n, height=args.height, width=args.width, **kinds), args.seed)
             path = Path(tmp) / f"scene_{n}.npz"
             np.savez(path, images=scene.images, w2c=scene.w2c)
             print(f"N={n}: rendered in {time.perf_counter() - t0:.1f} s ({scene.info['trajectory']})", flush=True)
-            for mode in MODES:
+            for mode in args.modes:
                 if mode == "one pass" and args.one_pass_max is not None and n > args.one_pass_max:
-                    rows.append([n, mode, "skipped (--one-pass-max)", *[""] * 7])
+                    rows.append([n, mode, "skipped (--one-pass-max)", *[""] * 8])
                     continue
                 r = run_one(path, mode, args)
                 print(f"N={n} {mode}: {r}", flush=True)
                 if "error" in r:
-                    rows.append([n, mode, f"failed: {r['error']}", *[""] * 7])
+                    rows.append([n, mode, f"failed: {r['error']}", *[""] * 8])
                     continue
                 cuda = "" if r["cuda_peak"] is None else f"{r['cuda_peak'] / GIB:.2f}"
                 rss, added = r["peak_rss"] / GIB, (r["peak_rss"] - r["rss_before"]) / GIB
                 rot = f"{r['rot_err_deg']:.2f} (D={r['rot_step']})"
                 outputs = r["output_bytes"] / GIB
+                lc = r["loops"]
+                loops = "" if lc is None else f"{lc['applied']} / {lc['candidates']}"
                 rows.append([n, mode, f"{rss:.2f}", f"{added:.2f}", f"{outputs:.2f}", f"{added - outputs:.2f}", cuda,
-                             f"{r['seconds_per_frame']:.3f}", f"{r['ate']:.3f}", rot])  # fmt: skip
+                             f"{r['seconds_per_frame']:.3f}", f"{r['ate']:.3f}", rot, loops])  # fmt: skip
     cmd = " ".join(["python", "benchmarks/streaming.py", *sys.argv[1:]])
     extra = [f"- load average (1/5/15 min): {load_before} at start, {loadavg()} at end"]
     text = machine_header("Streaming inference vs one pass on long trajectories", extra)
+    solver = f" (pose solver: {args.pose_solver})" if args.pose_solver else ""
+    path = f"{args.trajectory} path" if args.trajectory else "path kind drawn by the generator"
     text += (
-        f"\n`{cmd}`: model {args.model} at {args.width}x{args.height} (its own processing resolution applies), "
+        f"\n`{cmd}`: model {args.model}{solver} at {args.width}x{args.height} (its own processing resolution applies), "
         f"streaming in chunks of {args.chunk_size} frames sharing {args.overlap} (`da3_splat.streaming`), one "
-        f"synthetic scene (seed {args.seed}) per N, each run in its own process on {args.device}.\n\n"
+        f"synthetic scene (seed {args.seed}, {path}) per N, each run in its own process on {args.device}.\n\n"
     )
     text += md_table(HEADERS, rows)
     text += (
@@ -187,7 +200,8 @@ def main() -> None:
         "\nATE after one Sim(3) on all camera centres, over the largest centre distance from their mean; rotation "
         "error: mean error of the relative rotation between frames D = min(100, N - 1) apart. With the bundled "
         "tiny model the poses themselves are rough, so drift here mostly measures the model; streaming adds the "
-        "chain of chunk alignments (no loop closure).\n"
+        "chain of chunk alignments. 'loops used / found': revisits verified and put in the pose graph, of the "
+        "candidates tried (`--loop-closure`, `da3_splat.streaming_loops`).\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -189,7 +189,7 @@ def _close_loops(model, images, out, owner, gaussians, chunk_size, rng, max_resi
     """Find, measure and close the loops of a merged pose-free run in place (cameras, depth, rays, Gaussians)."""
     n, chunks = len(images), int(owner[-1]) + 1
     desc = frame_descriptors(out["processed_images"])
-    candidates = loop_candidates(desc, 2 * chunk_size, chunk_size, chunks // 2 + 1, min_similarity)
+    candidates = loop_candidates(desc, owner, chunks // 2 + 1, min_similarity)
     world = _views(out, 0, n)
     length = _depth_length(out["depth"])
     centres = camera_centers(torch.from_numpy(out["extrinsics"].astype(np.float64))).numpy()
@@ -197,8 +197,7 @@ def _close_loops(model, images, out, owner, gaussians, chunk_size, rng, max_resi
     for p, q, similarity in candidates:
         i, j = int(owner[p]), int(owner[q])
         info: dict = {"loop": len(infos) + 1, "frames": [p, q], "chunks": [i + 1, j + 1], "similarity": similarity}
-        fit = "the two visits are in neighbouring chunks" if j - i < 2 else None
-        fit = fit or measure_loop(model, images, world, p, q, chunk_size // 2, rng, max_residual, infer_kw)
+        fit = measure_loop(model, images, world, p, q, chunk_size // 2, rng, max_residual, infer_kw)
         if isinstance(fit, str):
             info["rejected"] = fit
         else:

@@ -2,9 +2,9 @@
 chunks earlier, the chain of chunk alignments has drifted by then; a pass over frames from both visits measures
 that drift, and a Sim(3) pose graph over the chunks spreads it along the chain.
 
-- **Candidates** (:func:`loop_candidates`): frame pairs at least ``min_gap`` frames apart whose thumbnails
+- **Candidates** (:func:`loop_candidates`): frame pairs at least two chunks apart whose thumbnails
   (:func:`frame_descriptors`, zero-mean unit-norm 12x16 colour images, so the dot product is their normalised
-  cross-correlation) look alike, best first, one per neighbourhood.
+  cross-correlation) look alike after the view has left in between, best first, one per neighbourhood.
 - **Verification** (:func:`measure_loop`): DA3 runs once on ``half`` frames around each end (one chunk's worth, so
   memory stays bounded) and that pass is fitted to the merged frames of each visit separately, with the same
   robust overlap fit as the chain (:func:`da3_splat.streaming_align.align_chunk`). Both fits must pass its inlier
@@ -26,6 +26,8 @@ from da3_splat.streaming_align import align_chunk
 
 DESCRIPTOR_SIZE = (16, 12)  # (width, height) of the thumbnails compared to find revisits
 MIN_SIMILARITY = 0.93  # normalised cross-correlation of two thumbnails for a loop candidate
+LEFT_SIMILARITY = 0.75  # a frame this unlike p shows the camera left p's view (so a later match is a return)
+LOOP_BLOCK = 256  # rows of the similarity matrix scored at once
 # Residual units of the pose graph: 1 degree of rotation weighs as 1% of the scene depth in translation and as 1%
 # in scale, so no term dominates by its units alone.
 ROT_UNIT, TRANS_UNIT, SCALE_UNIT = np.radians(1.0), 0.01, 0.01
@@ -41,21 +43,35 @@ def frame_descriptors(images: np.ndarray) -> np.ndarray:
 
 
 def loop_candidates(
-    desc: np.ndarray, min_gap: int, radius: int, max_candidates: int, min_similarity: float = MIN_SIMILARITY
+    desc: np.ndarray, owner: np.ndarray, max_candidates: int, min_similarity: float = MIN_SIMILARITY
 ) -> list[tuple[int, int, float]]:
-    """Frame pairs (p, q, similarity), p < q - min_gap + 1, best first; a pair within ``radius`` frames of a better
-    one at both ends is dropped (it would measure the same loop again)."""
+    """Revisits (p, q, similarity), best first: frames p < q whose thumbnails correlate at ``min_similarity`` or
+    more, in chunks at least two apart (``owner[f]``: the chunk frame f belongs to), after the view has left p in
+    between (a frame between them correlates under ``LEFT_SIMILARITY`` with p; else q is the same stretch seen a
+    little later, not a return). One pair per neighbourhood: a pair whose chunks are both within one chunk of a
+    better pair's is dropped (it would measure the same loop again). Rows are scored in blocks, so memory stays
+    linear in the number of frames."""
     n = len(desc)
-    if n <= min_gap:
-        return []
-    sim = desc @ desc.T
-    p, q = np.triu_indices(n, k=min_gap)
-    keep = sim[p, q] >= min_similarity
-    p, q, s = p[keep], q[keep], sim[p, q][keep]
+    desc32 = desc.astype(np.float32)
+    found_p, found_q, found_s = [], [], []
+    for lo in range(0, n, LOOP_BLOCK):
+        rows = np.arange(lo, min(n, lo + LOOP_BLOCK))
+        sim = desc32[rows] @ desc32.T  # (block, n)
+        later = np.arange(n)[None, :] > rows[:, None]
+        away = later & (sim < LEFT_SIMILARITY)
+        left_at = np.where(away.any(1), away.argmax(1), n)  # first later frame that no longer looks like p
+        ok = (np.arange(n)[None, :] > left_at[:, None]) & (sim >= min_similarity)
+        ok &= owner[None, :] - owner[rows][:, None] >= 2
+        r, q = np.nonzero(ok)
+        found_p.append(rows[r])
+        found_q.append(q)
+        found_s.append(sim[r, q])
+    p, q, s = (np.concatenate(x) if x else np.empty(0) for x in (found_p, found_q, found_s))
     chosen: list[tuple[int, int, float]] = []
     for k in np.argsort(-s, kind="stable"):
         a, b = int(p[k]), int(q[k])
-        if any(abs(a - c) <= radius and abs(b - d) <= radius for c, d, _ in chosen):
+        ca, cb = owner[a], owner[b]
+        if any(abs(ca - owner[c]) <= 1 and abs(cb - owner[d]) <= 1 for c, d, _ in chosen):
             continue
         chosen.append((a, b, float(s[k])))
         if len(chosen) == max_candidates:

@@ -110,16 +110,25 @@ def test_no_revisit_no_loop_and_known_poses_ignore_it():
     assert pred.extra["streaming"]["loop_closure"] is None and len(known.calls) == len(model.calls)
 
 
-def test_candidates_are_the_best_pair_per_neighbourhood():
+def test_candidates_are_returns_one_per_neighbourhood():
+    """Random frames, each unlike the others, except that frames 25 and 26 return to frames 3 and 4."""
     rng = np.random.default_rng(0)
     desc = frame_descriptors(rng.integers(0, 255, (30, 24, 32, 3), dtype=np.uint8))
-    desc[25] = desc[3]  # a revisit
-    desc[26] = 0.98 * desc[4] + 0.02 * desc[26]  # the same revisit one frame later: a weaker duplicate
-    desc[26] /= np.linalg.norm(desc[26])
-    desc[20] = desc[2]  # the same look 18 frames later: too close in time to be a loop
-    found = loop_candidates(desc, min_gap=20, radius=3, max_candidates=5)
-    assert [(p, q) for p, q, _ in found] == [(3, 25)]
-    assert found[0][2] == pytest.approx(1.0)
+    desc[25] = desc[3]  # a return
+    desc[26] = desc[4] + 0.05 * desc[26]  # the same return one frame later: a weaker duplicate
+    desc[:] /= np.linalg.norm(desc, axis=1, keepdims=True)
+    found = loop_candidates(desc, np.arange(30) // 3, max_candidates=5)  # chunks of 3 frames
+    assert [(p, q) for p, q, _ in found] == [(3, 25)]  # and not (4, 26), the same loop again
+    assert found[0][2] == pytest.approx(1.0, abs=1e-6)
+    owner = np.zeros(30, int)
+    owner[20:] = 1  # the return is in the next chunk: nothing to close
+    assert loop_candidates(desc, owner, max_candidates=5) == []
+    # a slow start: frames 0-9 all look alike and the view never leaves, so no pair of them is a return
+    slow = desc.copy()
+    slow[1:10] = slow[0] + 0.1 * slow[1:10]
+    slow[:] /= np.linalg.norm(slow, axis=1, keepdims=True)
+    assert slow[0] @ slow[9] > 0.93
+    assert loop_candidates(slow, np.arange(30), max_candidates=50) == []
     flat = frame_descriptors(np.full((2, 8, 8, 3), 7, np.uint8))
     assert np.all(flat == 0)
 
