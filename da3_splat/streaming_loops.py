@@ -10,8 +10,8 @@ that drift, and a Sim(3) pose graph over the chunks spreads it along the chain.
   robust overlap fit as the chain (:func:`da3_splat.streaming_align.align_chunk`). Both fits must pass its inlier
   and residual tests; a candidate that fails is recorded and not used.
 - **Pose graph** (:func:`optimise_chunk_graph`): one similarity correction per chunk (chunk 1 fixed), identity
-  edges between consecutive chunks (the chain made them agree) and one edge per verified loop; weighted least
-  squares on rotation, translation (over the scene depth) and log-scale, by L-BFGS. Each correction acts about
+  edges between consecutive chunks (the chain made them agree) and one edge per verified loop; least squares on
+  rotation, translation (over the scene depth) and log-scale, by Levenberg-Marquardt. Each correction acts about
   its chunk's camera centroid, so a small rotation does not become a large translation far from the origin.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+from torch.func import jacfwd
 
 from da3_splat.geometry import camera_centers
 from da3_splat.streaming_align import align_chunk
@@ -156,47 +157,49 @@ def edge_residual(E: torch.Tensor, centre: torch.Tensor, length: float) -> torch
 
 
 def optimise_chunk_graph(
-    centres: np.ndarray, loops: list[tuple[int, int, np.ndarray, np.ndarray]], length: float, iters: int = 200
+    centres: np.ndarray, loops: list[tuple[int, int, np.ndarray, np.ndarray]], length: float, iters: int = 30
 ) -> np.ndarray:
     """Per-chunk corrections (K, 4, 4), chunk 0's the identity.
 
     centres: (K, 3) camera centroid of each chunk's frames (the point its correction acts about); loops: (i, j, M,
     c) with M the similarity taking chunk j's world coordinates to chunk i's and c a point near the loop (its
     residual is taken about c); length: the scene's depth scale. Minimises the squared :func:`edge_residual` of
-    M^-1 C_i^-1 C_j over the loops plus that of C_k^-1 C_k+1 over consecutive chunks (the chain made them agree)."""
+    M^-1 C_i^-1 C_j over the loops plus that of C_k^-1 C_k+1 over consecutive chunks (the chain made them agree),
+    by Levenberg-Marquardt with forward-mode Jacobians: a handful of steps (first-order methods crawl here, as
+    rotation and translation are coupled through the lever arm of every chunk)."""
     K = len(centres)
+    if not loops or K < 2:
+        return np.tile(np.eye(4), (K, 1, 1))
     c = torch.from_numpy(np.asarray(centres, np.float64))
-    params = torch.zeros(K - 1, 7, dtype=torch.float64, requires_grad=True)
     i_loop = torch.tensor([lp[0] for lp in loops], dtype=torch.long)
     j_loop = torch.tensor([lp[1] for lp in loops], dtype=torch.long)
-    M_inv = torch.from_numpy(np.stack([np.linalg.inv(lp[2]) for lp in loops])) if loops else None
-    c_loop = torch.from_numpy(np.stack([lp[3] for lp in loops]).astype(np.float64)) if loops else None
+    M_inv = torch.from_numpy(np.stack([np.linalg.inv(lp[2]) for lp in loops]))
+    c_loop = torch.from_numpy(np.stack([lp[3] for lp in loops]).astype(np.float64))
 
-    def corrections() -> torch.Tensor:
-        return torch.cat([torch.eye(4, dtype=torch.float64)[None], _similarities(params, c[1:])])
+    def corrections(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.eye(4, dtype=torch.float64)[None], _similarities(x.view(K - 1, 7), c[1:])])
 
-    def energy() -> torch.Tensor:
-        C = corrections()
+    def residuals(x: torch.Tensor) -> torch.Tensor:
+        C = corrections(x)
         seq = torch.linalg.inv(C[:-1]) @ C[1:]
-        total = edge_residual(seq, c[1:], length).square().sum()
-        if loops:
-            E = M_inv @ torch.linalg.inv(C[i_loop]) @ C[j_loop]
-            total = total + edge_residual(E, c_loop, length).square().sum()
-        return total
+        E = M_inv @ torch.linalg.inv(C[i_loop]) @ C[j_loop]
+        return torch.cat([edge_residual(seq, c[1:], length).flatten(), edge_residual(E, c_loop, length).flatten()])
 
-    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=iters, tolerance_grad=1e-12, tolerance_change=1e-15,
-                            line_search_fn="strong_wolfe")  # fmt: skip
-
-    def closure():
-        opt.zero_grad()
-        e = energy()
-        e.backward()
-        return e
-
-    if loops and K > 1:
-        opt.step(closure)
-    with torch.no_grad():
-        return corrections().numpy()
+    x = torch.zeros((K - 1) * 7, dtype=torch.float64)
+    r = residuals(x)
+    damping = 1e-3
+    for _ in range(iters):
+        J = jacfwd(residuals)(x)
+        H = J.T @ J
+        step = torch.linalg.solve(H + damping * torch.diag(H.diagonal() + 1e-12), -(J.T @ r))
+        r_new = residuals(x + step)
+        if r_new.square().sum() < r.square().sum():
+            x, r, damping = x + step, r_new, max(damping / 3, 1e-9)
+            if float(step.abs().max()) < 1e-9:
+                break
+        else:
+            damping *= 4
+    return corrections(x).numpy()
 
 
 def loop_error(M: np.ndarray, centre: np.ndarray, length: float) -> dict:

@@ -11,111 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from da3_splat.build import headfree_gaussians
 from da3_splat.data.synthetic import SyntheticConfig, render_scene
 from da3_splat.errors import InputError
 from da3_splat.geometry import (
     apply_sim3_to_w2c,
-    as_homogeneous,
-    camera_centers,
     depth_to_world_points,
     points_from_rays,
-    quat_xyzw_to_matrix,
-    rigid_inverse,
 )
-from da3_splat.geometry import umeyama as fit_umeyama
-from da3_splat.model.inference import Prediction
 from da3_splat.streaming import check_chunking, chunk_ranges, describe_chunk, infer_streaming
 from tests.cli_helpers import assert_user_error, run_cli
+from tests.streaming_stand_in import PerfectModel, aligned_errors, f64, random_rotation
 
 
 @pytest.fixture(scope="module")
 def scene():
     return render_scene(SyntheticConfig(frames=20, height=40, width=64), 3)  # an orbit: centres fix rotation
-
-
-def _t(a) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(a, np.float64))
-
-
-def _rotation(rng: np.random.Generator, max_deg: float | None = None) -> torch.Tensor:
-    if max_deg is None:
-        return quat_xyzw_to_matrix(_t(rng.normal(size=4)))
-    axis = rng.normal(size=3)
-    half = np.radians(max_deg) * rng.uniform(-1, 1) / 2
-    return quat_xyzw_to_matrix(_t([*(np.sin(half) * axis / np.linalg.norm(axis)), np.cos(half)]))
-
-
-class PerfectModel:
-    """``infer`` with DA3's signature on frame indices: ground-truth depth and cameras of those frames, each call
-    in its own random similarity frame (or the caller's, given poses), with optional noise and corruptions."""
-
-    has_cameras = True
-
-    def __init__(self, scene, seed=0, depth_noise=0.0, pose_noise_deg=0.0, outlier=None, broken=None, scale=1.0):
-        self.scene, self.rng = scene, np.random.default_rng(seed)
-        self.depth_noise, self.pose_noise_deg = depth_noise, pose_noise_deg
-        self.outlier = outlier  # (call, view): that view's depth and camera are wrong
-        self.broken = broken  # "cameras" | "depth": the overlap views of every call after the first
-        self.scale = scale  # known poses: the caller's units per scene unit
-        self.calls: list[list[int]] = []
-
-    def infer(self, images, extrinsics=None, intrinsics=None, process_res=None, infer_gs=False, return_rays=False):
-        frames, call, rng = [int(i) for i in images], len(self.calls), self.rng
-        self.calls.append(frames)
-        s = self.scene
-        depth = s.depth[frames].astype(np.float64)
-        w2c, K = _t(s.w2c[frames]), s.K[frames].astype(np.float32)
-        if extrinsics is not None:
-            w2c, depth = as_homogeneous(_t(extrinsics)), depth * self.scale
-        else:
-            R, t, scale = _rotation(rng), _t(rng.normal(size=3)), _t(rng.uniform(0.2, 5.0))
-            w2c, depth = apply_sim3_to_w2c(w2c, R, t, scale), depth * float(scale)
-        if self.pose_noise_deg:
-            for i in range(len(frames)):
-                w2c[i, :3, :3] = _rotation(rng, self.pose_noise_deg) @ w2c[i, :3, :3]
-                w2c[i, :3, 3] += _t(rng.normal(size=3)) * 0.003 * np.median(depth)
-        depth *= 1 + self.depth_noise * rng.standard_normal(depth.shape)
-        if self.outlier is not None and self.outlier[0] == call:
-            v = self.outlier[1]
-            depth[v] = depth[v][::-1] * 2.5  # another surface entirely
-            w2c[v, :3, :3] = _rotation(np.random.default_rng(call), 40.0) @ w2c[v, :3, :3]
-            w2c[v, :3, 3] += 1.0
-        if self.broken and call > 0:
-            target = w2c if self.broken == "cameras" else depth
-            target[:4] = np.nan
-        depth = depth.astype(np.float32)
-        pred = Prediction(
-            depth=depth,
-            depth_conf=(1 + 2 * rng.random(depth.shape)).astype(np.float32),
-            processed_images=s.images[frames],
-            extrinsics=w2c[:, :3].float().numpy(),
-            intrinsics=K,
-        )
-        d, Kt, E = torch.from_numpy(depth).double(), torch.from_numpy(K).double(), w2c
-        if infer_gs:
-            pred.gaussians = headfree_gaussians(d.float(), torch.from_numpy(s.images[frames]), E.float(), Kt.float())
-        if return_rays:  # [direction at camera z = 1, centre], as DA3's ray head
-            pts = depth_to_world_points(d, Kt, E, offset=0.5)
-            centres = rigid_inverse(E)[:, :3, 3][:, None, None].expand_as(pts)
-            pred.ray = torch.cat([(pts - centres) / d[..., None], centres], -1).float().numpy()
-        return pred
-
-
-def aligned_errors(pred: Prediction, scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Align the prediction to GT with one similarity (Umeyama on all camera centres) -> per-frame rotation error
-    (deg), centre error / trajectory extent, per-pixel relative depth error."""
-    pw, gw = as_homogeneous(_t(pred.extrinsics)), _t(scene.w2c)
-    R, t, s = fit_umeyama(camera_centers(pw), camera_centers(gw))
-    moved = apply_sim3_to_w2c(pw, R, t, s)
-    rel = moved[:, :3, :3] @ gw[:, :3, :3].transpose(-1, -2)
-    cos2 = rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1  # 2 cos(angle); and 2 sin(angle) from the skew part:
-    sin2 = torch.stack([rel[:, 2, 1] - rel[:, 1, 2], rel[:, 0, 2] - rel[:, 2, 0], rel[:, 1, 0] - rel[:, 0, 1]], -1)
-    gc = camera_centers(gw)
-    extent = (gc - gc.mean(0)).norm(dim=-1).max()
-    centre = (camera_centers(moved) - gc).norm(dim=-1) / extent
-    depth = np.abs(pred.depth.astype(np.float64) * float(s) - scene.depth) / scene.depth
-    return np.degrees(torch.atan2(sin2.norm(dim=-1), cos2).numpy()), centre.numpy(), depth
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,8 +137,8 @@ def test_peak_views_per_pass_is_the_chunk_size(scene):
 
 
 def test_known_poses_stay_in_the_callers_frame_and_report_disagreement(scene):
-    R, t, s = _rotation(np.random.default_rng(5)), _t([1.0, -2.0, 0.5]), _t(2.0)
-    given = apply_sim3_to_w2c(_t(scene.w2c), R, t, s).float().numpy()
+    R, t, s = random_rotation(np.random.default_rng(5)), f64([1.0, -2.0, 0.5]), f64(2.0)
+    given = apply_sim3_to_w2c(f64(scene.w2c), R, t, s).float().numpy()
     model = PerfectModel(scene, seed=5, depth_noise=0.01, scale=2.0)
     pred = infer_streaming(model, list(range(20)), 8, 3, extrinsics=given, intrinsics=scene.K)
     assert np.allclose(pred.extrinsics, given[:, :3], atol=1e-6) and np.allclose(pred.intrinsics, scene.K)

@@ -25,7 +25,7 @@ from da3_splat.streaming_loops import (
     sim3_parts,
 )
 from tests.cli_helpers import run_cli
-from tests.test_streaming import PerfectModel, _rotation, _t, aligned_errors
+from tests.streaming_stand_in import DriftingModel, PerfectModel, aligned_errors, f64, random_rotation
 
 FRAMES, CHUNK, OVERLAP = 96, 12, 4
 
@@ -35,28 +35,8 @@ def loop_scene():
     return render_scene(SyntheticConfig(frames=FRAMES, height=40, width=64, trajectories=("loop",)), 5)
 
 
-class DriftingModel(PerfectModel):
-    """PerfectModel whose pose-free cameras turn by ``drift_deg`` more per view about the vertical, so every chunk
-    is a little inconsistent and the chain of fits drifts; ``break_call``: that call returns no usable cameras."""
-
-    def __init__(self, scene, drift_deg=0.3, break_call=None, **kw):
-        super().__init__(scene, **kw)
-        self.drift, self.break_call = drift_deg, break_call
-
-    def infer(self, images, **kw):
-        pred = super().infer(images, **kw)
-        if kw.get("extrinsics") is None:
-            for v in range(len(images)):
-                half = np.radians(self.drift * v) / 2
-                R = quat_xyzw_to_matrix(_t([0, np.sin(half), 0, np.cos(half)])).float().numpy()
-                pred.extrinsics[v, :, :3] = pred.extrinsics[v, :, :3] @ R.T
-        if len(self.calls) - 1 == self.break_call:
-            pred.extrinsics[:] = np.nan
-        return pred
-
-
 def _pair_error(pred, scene, p, q) -> float:
-    rot, _ = relative_pose_errors(_t(pred.extrinsics[[p, q]]), _t(scene.w2c[[p, q]]))
+    rot, _ = relative_pose_errors(f64(pred.extrinsics[[p, q]]), f64(scene.w2c[[p, q]]))
     return float(rot[0])
 
 
@@ -140,7 +120,7 @@ def test_pose_graph_spreads_a_loop_rotation_evenly_along_the_chain():
     centre = np.array([0.3, -0.2, 1.0])
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
-    R = quat_xyzw_to_matrix(_t([*(np.sin(np.radians(6)) * axis), np.cos(np.radians(6))]))
+    R = quat_xyzw_to_matrix(f64([*(np.sin(np.radians(6)) * axis), np.cos(np.radians(6))]))
     t = torch.from_numpy(centre) - R @ torch.from_numpy(centre)  # a turn about the centre
     M = sim3_matrix(R, t, 1.0)
     C = optimise_chunk_graph(np.tile(centre, (6, 1)), [(0, 5, M, centre)], length=2.0)
@@ -159,7 +139,7 @@ def test_pose_graph_spreads_a_loop_rotation_evenly_along_the_chain():
 
 def test_similarity_matrix_round_trip():
     rng = np.random.default_rng(2)
-    R, t, s = _rotation(rng), _t(rng.normal(size=3)), 2.5
+    R, t, s = random_rotation(rng), f64(rng.normal(size=3)), 2.5
     R2, t2, s2 = sim3_parts(sim3_matrix(R, t, s))
     torch.testing.assert_close(R2, R)
     torch.testing.assert_close(t2, t)
