@@ -63,6 +63,8 @@ class PerfectModel:
                 w2c[i, :3, :3] = random_rotation(rng, self.pose_noise_deg) @ w2c[i, :3, :3]
                 w2c[i, :3, 3] += f64(rng.normal(size=3)) * 0.003 * np.median(depth)
         depth *= 1 + self.depth_noise * rng.standard_normal(depth.shape)
+        if extrinsics is None:
+            w2c = self.pose_free_cameras(w2c)
         if self.outlier is not None and self.outlier[0] == call:
             v = self.outlier[1]
             depth[v] = depth[v][::-1] * 2.5  # another surface entirely
@@ -87,6 +89,10 @@ class PerfectModel:
             centres = rigid_inverse(E)[:, :3, 3][:, None, None].expand_as(pts)
             pred.ray = torch.cat([(pts - centres) / d[..., None], centres], -1).float().numpy()
         return pred
+
+    def pose_free_cameras(self, w2c: torch.Tensor) -> torch.Tensor:
+        """Hook for subclasses: the pose-free cameras of one call, before its outputs are built from them."""
+        return w2c
 
 
 def aligned_errors(pred: Prediction, scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,13 +119,15 @@ class DriftingModel(PerfectModel):
         super().__init__(scene, **kw)
         self.drift, self.break_call = drift_deg, break_call
 
+    def pose_free_cameras(self, w2c: torch.Tensor) -> torch.Tensor:
+        w2c = w2c.clone()
+        for v in range(len(w2c)):
+            half = np.radians(self.drift * v) / 2
+            w2c[v, :3, :3] = w2c[v, :3, :3] @ quat_xyzw_to_matrix(f64([0, np.sin(half), 0, np.cos(half)])).T
+        return w2c
+
     def infer(self, images, **kw):
         pred = super().infer(images, **kw)
-        if kw.get("extrinsics") is None:
-            for v in range(len(images)):
-                half = np.radians(self.drift * v) / 2
-                R = quat_xyzw_to_matrix(f64([0, np.sin(half), 0, np.cos(half)])).float().numpy()
-                pred.extrinsics[v, :, :3] = pred.extrinsics[v, :, :3] @ R.T
         if len(self.calls) - 1 == self.break_call:
             pred.extrinsics[:] = np.nan
         return pred

@@ -12,7 +12,7 @@ import torch
 
 from da3_splat.data.synthetic import SyntheticConfig, render_scene
 from da3_splat.errors import InputError
-from da3_splat.geometry import quat_xyzw_to_matrix
+from da3_splat.geometry import depth_to_world_points, points_from_rays, quat_xyzw_to_matrix
 from da3_splat.geometry_metrics import relative_pose_errors
 from da3_splat.inputs import chunking
 from da3_splat.streaming import chunk_ranges, describe_chunk, infer_streaming
@@ -66,6 +66,20 @@ def test_a_revisit_is_found_measured_and_closed(loop_scene):
     # one extra pass, never larger than a chunk
     assert len(closed_model.calls) == len(open_model.calls) + 1
     assert max(len(c) for c in closed_model.calls) <= CHUNK
+
+
+def test_closed_loops_move_gaussians_and_rays_with_their_cameras(loop_scene):
+    pred = infer_streaming(
+        DriftingModel(loop_scene), list(range(FRAMES)), CHUNK, OVERLAP, loop_closure=True, infer_gs=True,
+        return_rays=True,
+    )  # fmt: skip
+    assert pred.extra["streaming"]["loop_closure"]["applied"] == 1
+    d, K, w2c = (torch.from_numpy(a).double() for a in (pred.depth, pred.intrinsics, pred.extrinsics))
+    pts = depth_to_world_points(d, K, w2c, offset=0.5)
+    extent = float(pts.reshape(-1, 3).std(0).norm())
+    means = pred.gaussians.means.double().reshape(pts.shape)
+    assert (means - pts).norm(dim=-1).max() < 1e-4 * extent
+    assert (points_from_rays(d, torch.from_numpy(pred.ray).double()) - pts).norm(dim=-1).max() < 1e-4 * extent
 
 
 def test_an_unverified_loop_is_reported_and_not_used(loop_scene):
