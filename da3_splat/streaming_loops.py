@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from torch.func import jacfwd
+from torch.func import jvp
 
 from da3_splat.geometry import camera_centers
 from da3_splat.streaming_align import align_chunk
@@ -165,41 +165,64 @@ def optimise_chunk_graph(
     c) with M the similarity taking chunk j's world coordinates to chunk i's and c a point near the loop (its
     residual is taken about c); length: the scene's depth scale. Minimises the squared :func:`edge_residual` of
     M^-1 C_i^-1 C_j over the loops plus that of C_k^-1 C_k+1 over consecutive chunks (the chain made them agree),
-    by Levenberg-Marquardt with forward-mode Jacobians: a handful of steps (first-order methods crawl here, as
-    rotation and translation are coupled through the lever arm of every chunk)."""
+    by Levenberg-Marquardt with forward-mode Jacobians per edge: a handful of steps (first-order methods crawl
+    here, as rotation and translation are coupled through the lever arm of every chunk)."""
     K = len(centres)
     if not loops or K < 2:
         return np.tile(np.eye(4), (K, 1, 1))
     c = torch.from_numpy(np.asarray(centres, np.float64))
-    i_loop = torch.tensor([lp[0] for lp in loops], dtype=torch.long)
-    j_loop = torch.tensor([lp[1] for lp in loops], dtype=torch.long)
-    M_inv = torch.from_numpy(np.stack([np.linalg.inv(lp[2]) for lp in loops]))
-    c_loop = torch.from_numpy(np.stack([lp[3] for lp in loops]).astype(np.float64))
+    eye = np.eye(4)
+    # every edge (a, b, M^-1, centre): consecutive chunks, then the loops
+    a = torch.tensor([*range(K - 1), *(lp[0] for lp in loops)], dtype=torch.long)
+    b = torch.tensor([*range(1, K), *(lp[1] for lp in loops)], dtype=torch.long)
+    M_inv = torch.from_numpy(np.stack([eye] * (K - 1) + [np.linalg.inv(lp[2]) for lp in loops]))
+    at = torch.cat([c[1:], torch.from_numpy(np.stack([lp[3] for lp in loops]).astype(np.float64))])
 
-    def corrections(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.eye(4, dtype=torch.float64)[None], _similarities(x.view(K - 1, 7), c[1:])])
+    def edges(XA: torch.Tensor, XB: torch.Tensor) -> torch.Tensor:  # (E, 7) residuals from each edge's two chunks
+        E = M_inv @ torch.linalg.inv(_similarities(XA, c[a])) @ _similarities(XB, c[b])
+        return edge_residual(E, at, length)
 
-    def residuals(x: torch.Tensor) -> torch.Tensor:
-        C = corrections(x)
-        seq = torch.linalg.inv(C[:-1]) @ C[1:]
-        E = M_inv @ torch.linalg.inv(C[i_loop]) @ C[j_loop]
-        return torch.cat([edge_residual(seq, c[1:], length).flatten(), edge_residual(E, c_loop, length).flatten()])
+    def edge_jacobians(XA: torch.Tensor, XB: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E, 7, 7) d residual / d chunk a's and chunk b's parameters: edge e depends on its own rows only, so one
+        forward-mode product per parameter gives that column for every edge at once."""
+        cols_a, cols_b = [], []
+        for k in range(7):
+            tangent = torch.zeros_like(XA)
+            tangent[:, k] = 1.0
+            cols_a.append(jvp(lambda x: edges(x, XB), (XA,), (tangent,))[1])
+            cols_b.append(jvp(lambda x: edges(XA, x), (XB,), (tangent,))[1])
+        return torch.stack(cols_a, -1), torch.stack(cols_b, -1)
 
-    x = torch.zeros((K - 1) * 7, dtype=torch.float64)
-    r = residuals(x)
+    n = 7 * (K - 1)
+
+    def residuals(X: torch.Tensor) -> torch.Tensor:  # X: (K, 7), chunk 0's row zero
+        return edges(X[a], X[b])
+
+    X = torch.zeros(K, 7, dtype=torch.float64)
+    r = residuals(X)
     damping = 1e-3
     for _ in range(iters):
-        J = jacfwd(residuals)(x)
-        H = J.T @ J
-        step = torch.linalg.solve(H + damping * torch.diag(H.diagonal() + 1e-12), -(J.T @ r))
-        r_new = residuals(x + step)
-        if r_new.square().sum() < r.square().sum():
-            x, r, damping = x + step, r_new, max(damping / 3, 1e-9)
-            if float(step.abs().max()) < 1e-9:
+        # Normal equations assembled block by block (each edge touches two chunks): memory (7K)^2, not edges x 7K.
+        Ja, Jb = edge_jacobians(X[a], X[b])
+        H = torch.zeros(K, K, 7, 7, dtype=torch.float64)
+        g = torch.zeros(K, 7, dtype=torch.float64)
+        for (i, Ji), (j, Jj) in ((x, y) for x in ((a, Ja), (b, Jb)) for y in ((a, Ja), (b, Jb))):
+            H.index_put_((i, j), Ji.transpose(1, 2) @ Jj, accumulate=True)
+        for i, Ji in ((a, Ja), (b, Jb)):
+            g.index_add_(0, i, (Ji.transpose(1, 2) @ r[..., None]).squeeze(-1))
+        H = H[1:, 1:].permute(0, 2, 1, 3).reshape(n, n)  # chunk 0 is fixed
+        H.diagonal().mul_(1 + damping).add_(1e-12)
+        step = torch.linalg.solve(H, -g[1:].reshape(n))
+        X_new = torch.cat([X[:1], X[1:] + step.view(K - 1, 7)])
+        r_new = residuals(X_new)
+        energy, energy_new = float(r.square().sum()), float(r_new.square().sum())
+        if energy_new < energy:
+            X, r, damping = X_new, r_new, max(damping / 3, 1e-9)
+            if energy - energy_new <= 1e-12 * energy or float(step.abs().max()) < 1e-9:
                 break
         else:
             damping *= 4
-    return corrections(x).numpy()
+    return torch.cat([torch.eye(4, dtype=torch.float64)[None], _similarities(X[1:], c[1:])]).numpy()
 
 
 def loop_error(M: np.ndarray, centre: np.ndarray, length: float) -> dict:
