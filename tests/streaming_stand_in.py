@@ -14,6 +14,7 @@ from da3_splat.geometry import (
     as_homogeneous,
     camera_centers,
     depth_to_world_points,
+    points_from_rays,
     quat_xyzw_to_matrix,
     rigid_inverse,
 )
@@ -109,6 +110,16 @@ def aligned_errors(pred: Prediction, scene) -> tuple[np.ndarray, np.ndarray, np.
     centre = (camera_centers(moved) - gc).norm(dim=-1) / extent
     depth = np.abs(pred.depth.astype(np.float64) * float(s) - scene.depth) / scene.depth
     return np.degrees(torch.atan2(sin2.norm(dim=-1), cos2).numpy()), centre.numpy(), depth
+
+
+def assert_gaussians_and_rays_follow_cameras(pred: Prediction) -> None:
+    """The merged Gaussians' means and the rays' points are the merged depth unprojected with the merged cameras."""
+    d, K, w2c = (torch.from_numpy(a).double() for a in (pred.depth, pred.intrinsics, pred.extrinsics))
+    pts = depth_to_world_points(d, K, w2c, offset=0.5)
+    extent = float(pts.reshape(-1, 3).std(0).norm())
+    means = pred.gaussians.means.double().reshape(pts.shape)
+    assert (means - pts).norm(dim=-1).max() < 1e-4 * extent
+    assert (points_from_rays(d, torch.from_numpy(pred.ray).double()) - pts).norm(dim=-1).max() < 1e-4 * extent
 
 
 class DriftingModel(PerfectModel):

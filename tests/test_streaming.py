@@ -9,18 +9,21 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from da3_splat.data.synthetic import SyntheticConfig, render_scene
 from da3_splat.errors import InputError
 from da3_splat.geometry import (
     apply_sim3_to_w2c,
-    depth_to_world_points,
-    points_from_rays,
 )
 from da3_splat.streaming import check_chunking, chunk_ranges, describe_chunk, infer_streaming
 from tests.cli_helpers import assert_user_error, run_cli
-from tests.streaming_stand_in import PerfectModel, aligned_errors, f64, random_rotation
+from tests.streaming_stand_in import (
+    PerfectModel,
+    aligned_errors,
+    assert_gaussians_and_rays_follow_cameras,
+    f64,
+    random_rotation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +118,7 @@ def test_a_wrong_overlap_is_refused_not_merged(scene):
 
 def test_gaussians_and_rays_follow_the_merged_cameras(scene):
     pred = infer_streaming(PerfectModel(scene, seed=3), list(range(20)), 8, 3, infer_gs=True, return_rays=True)
-    d, K, w2c = (torch.from_numpy(a).double() for a in (pred.depth, pred.intrinsics, pred.extrinsics))
-    pts = depth_to_world_points(d, K, w2c, offset=0.5)
-    extent = float(pts.reshape(-1, 3).std(0).norm())
-    means = pred.gaussians.means.double().reshape(pts.shape)
-    assert (means - pts).norm(dim=-1).max() < 1e-4 * extent
-    assert (points_from_rays(d, torch.from_numpy(pred.ray).double()) - pts).norm(dim=-1).max() < 1e-4 * extent
+    assert_gaussians_and_rays_follow_cameras(pred)
 
 
 def test_peak_views_per_pass_is_the_chunk_size(scene):

@@ -12,7 +12,7 @@ import torch
 
 from da3_splat.data.synthetic import SyntheticConfig, render_scene
 from da3_splat.errors import InputError
-from da3_splat.geometry import depth_to_world_points, points_from_rays, quat_xyzw_to_matrix
+from da3_splat.geometry import quat_xyzw_to_matrix
 from da3_splat.geometry_metrics import relative_pose_errors
 from da3_splat.inputs import chunking
 from da3_splat.streaming import chunk_ranges, describe_chunk, infer_streaming
@@ -25,7 +25,14 @@ from da3_splat.streaming_loops import (
     sim3_parts,
 )
 from tests.cli_helpers import run_cli
-from tests.streaming_stand_in import DriftingModel, PerfectModel, aligned_errors, f64, random_rotation
+from tests.streaming_stand_in import (
+    DriftingModel,
+    PerfectModel,
+    aligned_errors,
+    assert_gaussians_and_rays_follow_cameras,
+    f64,
+    random_rotation,
+)
 
 FRAMES, CHUNK, OVERLAP = 96, 12, 4
 
@@ -74,12 +81,7 @@ def test_closed_loops_move_gaussians_and_rays_with_their_cameras(loop_scene):
         return_rays=True,
     )  # fmt: skip
     assert pred.extra["streaming"]["loop_closure"]["applied"] == 1
-    d, K, w2c = (torch.from_numpy(a).double() for a in (pred.depth, pred.intrinsics, pred.extrinsics))
-    pts = depth_to_world_points(d, K, w2c, offset=0.5)
-    extent = float(pts.reshape(-1, 3).std(0).norm())
-    means = pred.gaussians.means.double().reshape(pts.shape)
-    assert (means - pts).norm(dim=-1).max() < 1e-4 * extent
-    assert (points_from_rays(d, torch.from_numpy(pred.ray).double()) - pts).norm(dim=-1).max() < 1e-4 * extent
+    assert_gaussians_and_rays_follow_cameras(pred)
 
 
 def test_an_unverified_loop_is_reported_and_not_used(loop_scene):
