@@ -24,7 +24,7 @@ from torch import Tensor
 
 from da3_splat.errors import InputError
 from da3_splat.gaussians import Gaussians
-from da3_splat.geometry import as_homogeneous, camera_centers
+from da3_splat.geometry import as_homogeneous, camera_centers, so3_exp
 from da3_splat.image_metrics import ssim
 from da3_splat.rendering import render
 
@@ -78,22 +78,6 @@ class PoseRefineInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def so3_exp(omega: Tensor) -> Tensor:
-    """Rotation matrices (..., 3, 3) of axis-angle vectors (..., 3) by Rodrigues' formula, differentiable everywhere
-    (second-order Taylor terms near 0, where sin(theta) / theta is 0 / 0)."""
-    theta2 = (omega * omega).sum(-1)[..., None, None]
-    small = theta2 < 1e-8
-    safe = torch.where(small, torch.ones_like(theta2), theta2)  # keeps the unused branch's gradient finite
-    theta = safe.sqrt()
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / safe)
-    x, y, z = omega.unbind(-1)
-    zero = torch.zeros_like(x)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).unflatten(-1, (3, 3))
-    eye = torch.eye(3, dtype=omega.dtype, device=omega.device)
-    return eye + a * k + b * (k @ k)
 
 
 def apply_pose_delta(w2c: Tensor, delta: Tensor, unit: float | Tensor = 1.0) -> Tensor:

@@ -37,7 +37,7 @@ from da3_splat.errors import InputError
 from da3_splat.gaussians import Gaussians
 from da3_splat.geometry import apply_sim3_to_w2c, as_homogeneous, camera_centers
 from da3_splat.model.inference import Prediction
-from da3_splat.streaming_align import MAX_POINTS, MAX_RESIDUAL, MIN_OVERLAP_POSE_FREE, Sim3, align_chunk
+from da3_splat.streaming_align import FIT_VIEWS, MAX_POINTS, MAX_RESIDUAL, MIN_OVERLAP_POSE_FREE, Sim3, align_chunk
 from da3_splat.streaming_loops import (
     MIN_SIMILARITY,
     chunk_centroids,
@@ -138,7 +138,7 @@ def _transformed(pred: Prediction, sim: Sim3) -> Prediction:
 
 
 def _views(arrays: dict, lo: int, hi: int) -> dict:
-    return {k: arrays[k][lo:hi] for k in ("depth", "depth_conf", "extrinsics", "intrinsics")}
+    return {k: arrays[k][lo:hi] for k in FIT_VIEWS}
 
 
 def _without_first(pred: Prediction, k: int) -> Prediction:
@@ -158,7 +158,7 @@ def _fallback_to_anchors(model, images, out: dict, a: int, b: int, done: int, rn
     (prediction of [a, b) in the world frame, stats), or a string saying why that failed too."""
     anchors = sorted(set(np.linspace(0, max(a, 1) - 1, ANCHORS).round().astype(int).tolist()))
     pred = model.infer([images[i] for i in anchors] + list(images[a:b]), **infer_kw)
-    world = {k: out[k][anchors] for k in ("depth", "depth_conf", "extrinsics", "intrinsics")}
+    world = {k: out[k][anchors] for k in FIT_VIEWS}
     fit = align_chunk(world, _views(vars(pred), 0, len(anchors)), rng, max_residual)
     if isinstance(fit, str):
         return fit
@@ -193,7 +193,7 @@ def _close_loops(model, images, out, owner, gaussians, chunk_size, rng, max_resi
     world = _views(out, 0, n)
     length = _depth_length(out["depth"])
     centres = camera_centers(torch.from_numpy(out["extrinsics"].astype(np.float64))).numpy()
-    edges, infos = [], []
+    edges, infos, used = [], [], []  # used: the infos of the verified loops, in edge order
     for p, q, similarity in candidates:
         i, j = int(owner[p]), int(owner[q])
         info: dict = {"loop": len(infos) + 1, "frames": [p, q], "chunks": [i + 1, j + 1], "similarity": similarity}
@@ -204,12 +204,13 @@ def _close_loops(model, images, out, owner, gaussians, chunk_size, rng, max_resi
             M, stats = fit
             info.update(stats, drift=loop_error(M, centres[p], length))
             edges.append((i, j, M, centres[p]))
+            used.append(info)
         infos.append(info)
         if progress is not None:
             progress(info)
     if edges:
-        C = optimise_chunk_graph(chunk_centroids(out["extrinsics"], owner, chunks), edges, length)
-        for info, (i, j, M, c) in zip([x for x in infos if "drift" in x], edges):
+        C = optimise_chunk_graph(chunk_centroids(centres, owner, chunks), edges, length)
+        for info, (i, j, M, c) in zip(used, edges):
             info["drift_after"] = loop_error(np.linalg.inv(M) @ np.linalg.inv(C[i]) @ C[j], c, length)
         for k in range(chunks):
             lo, hi = np.flatnonzero(owner == k)[[0, -1]] + [0, 1]

@@ -22,6 +22,7 @@ MIN_INLIER_FRACTION = 0.3  # fewer inliers than this: the chunks do not see the 
 MAX_RESIDUAL = 0.05  # inlier RMSE over the scene extent above which a merge is refused
 RANSAC_ITERS = 128  # P(no all-inlier sample) = (1 - 0.5^3)^128 < 1e-7 at half outliers
 
+FIT_VIEWS = ("depth", "depth_conf", "extrinsics", "intrinsics")  # the per-view arrays a fit reads
 Sim3 = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (R, t, s), float64: x_world = s R x_chunk + t
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from da3_splat.geometry import camera_centers
-from da3_splat.streaming_align import align_chunk
+from da3_splat.geometry import so3_exp
+from da3_splat.streaming_align import FIT_VIEWS, align_chunk
 
 DESCRIPTOR_SIZE = (16, 12)  # (width, height) of the thumbnails compared to find revisits
 MIN_SIMILARITY = 0.93  # normalised cross-correlation of two thumbnails for a loop candidate
@@ -112,7 +112,7 @@ def measure_loop(model, images, world: dict, p: int, q: int, half: int, rng, max
     views = vars(pred)
     fits = []
     for frames, lo, hi in ((around_p, 0, len(around_p)), (around_q, len(around_p), len(around_p) + len(around_q))):
-        mine = {k: views[k][lo:hi] for k in ("depth", "depth_conf", "extrinsics", "intrinsics")}
+        mine = {k: views[k][lo:hi] for k in FIT_VIEWS}
         theirs = {k: world[k][frames] for k in mine}
         fit = align_chunk(theirs, mine, rng, max_residual)
         if isinstance(fit, str):
@@ -124,17 +124,9 @@ def measure_loop(model, images, world: dict, p: int, q: int, half: int, rng, max
                "inliers": min(stats_p["inliers"], stats_q["inliers"])}  # fmt: skip
 
 
-def _skew(w: torch.Tensor) -> torch.Tensor:
-    z = torch.zeros_like(w[..., 0])
-    return torch.stack(
-        [torch.stack([z, -w[..., 2], w[..., 1]], -1),
-         torch.stack([w[..., 2], z, -w[..., 0]], -1),
-         torch.stack([-w[..., 1], w[..., 0], z], -1)], -2)  # fmt: skip
-
-
 def _similarities(params: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """(K, 7) [rotation vector, translation, log-scale] acting about (K, 3) centres -> (K, 4, 4)."""
-    R = torch.linalg.matrix_exp(_skew(params[:, :3]))
+    R = so3_exp(params[:, :3])
     s = params[:, 6].exp()[:, None, None]
     t = centres + params[:, 3:6] - (s * R @ centres[..., None]).squeeze(-1)  # x -> c + s R (x - c) + tau
     top = torch.cat([s * R, t[..., None]], -1)
@@ -235,7 +227,7 @@ def loop_error(M: np.ndarray, centre: np.ndarray, length: float) -> dict:
     }
 
 
-def chunk_centroids(extrinsics: np.ndarray, owner: np.ndarray, chunks: int) -> np.ndarray:
-    """(K, 3) mean camera centre of each chunk's frames (``owner[f]``: the chunk that wrote frame f)."""
-    centres = camera_centers(torch.from_numpy(np.asarray(extrinsics, np.float64))).numpy()
+def chunk_centroids(centres: np.ndarray, owner: np.ndarray, chunks: int) -> np.ndarray:
+    """(K, 3) mean of each chunk's camera centres (``centres`` (N, 3) per frame; ``owner[f]``: the chunk that wrote
+    frame f)."""
     return np.stack([centres[owner == k].mean(0) for k in range(chunks)])

@@ -12,8 +12,9 @@ import torch
 from da3_splat.build import headfree_gaussians
 from da3_splat.data.synthetic import SyntheticConfig, make_synthetic, render_scene
 from da3_splat.eval_protocol import nearest_context_start
+from da3_splat.geometry import so3_exp
 from da3_splat.image_metrics import psnr
-from da3_splat.pose_refine import PoseRefineSettings, apply_pose_delta, pose_change, refine_target_poses, so3_exp
+from da3_splat.pose_refine import PoseRefineSettings, apply_pose_delta, pose_change, refine_target_poses
 from da3_splat.rendering import render
 
 H, W, TARGET = 48, 80, 2
