@@ -87,6 +87,25 @@ class DA3(nn.Module):
         self.gs_head = DPTHead(self.config.gs_head.dpt, self.config.head_dim_in, self.head.chunk).to(p)
         return self
 
+    def compile_parts(self, **compile_kw) -> DA3:
+        """Opt-in ``torch.compile`` of the backbone and of the heads' per-chunk pass, in place; returns self.
+
+        The first forward at each input shape compiles (about 30-45 s for da3-small on 2 CPU cores); later ones
+        fuse the elementwise work between the GEMMs, which measured about 10% faster on CPU at the same numerics
+        (``benchmarks/results/forward_ceiling.md``). The Python around them (reference views, cameras) stays eager."""
+        compile_kw.setdefault("dynamic", False)
+        # Block by block: the backbone's loop breaks the graph where it selects the reference view (a data-dependent
+        # index), which would send the whole loop back to eager. The blocks share one code object, compiled once
+        # per variant (with or without RoPE/qk-norm, per-view or all-view tokens) and input shape, so the default
+        # limit of 8 recompilations is raised for callers that run several view counts.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        for block in self.backbone.blocks:
+            block.compile(**compile_kw)
+        for head in (self.head, getattr(self, "gs_head", None)):
+            if head is not None:
+                head._forward_frames = torch.compile(head._forward_frames, **compile_kw)
+        return self
+
     def process_res_for(self, requested: int | None) -> int:
         """Longest image side to run at: ``requested``, else the model's own (``config.process_res``)."""
         return requested or self.config.process_res
