@@ -52,6 +52,12 @@ class DA3ImagesDataParserConfig(DataParserConfig):
     models trained here with --loss.matching); default: the setting saved with the weights."""
     max_views_per_pass: int = 64
     """Images per DA3 pass; more images run in several passes that share 4 anchor views (at least 8)."""
+    chunk_size: int | None = None
+    """Ordered frames (a video, a walk-through): stream them in chunks of this many neighbouring frames, each
+    aligned to the previous one on the frames they share, instead of anchored passes (memory set by the chunk)."""
+    loop_closure: bool = False
+    """With --chunk-size: find returns to a place seen before, measure each with one more pass and correct the
+    chunks with a pose graph (for trajectories that revisit their start)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where DA3 runs to predict the cameras."""
     video_stride: int = 1
@@ -181,6 +187,8 @@ class DA3ImagesDataParser(DataParser):
     def _predict(self, paths: list[Path]):
         from da3_splat.runtime import resolve_device, set_pose_solver
 
+        if self.config.loop_closure and self.config.chunk_size is None:
+            raise DataError("--loop-closure needs --chunk-size (it corrects the chunks of a streamed run)")
         if self.config.max_views_per_pass < 2 * ANCHORS:
             got = self.config.max_views_per_pass
             raise DataError(f"--max-views-per-pass must be at least {2 * ANCHORS}, got {got}")
@@ -196,7 +204,12 @@ class DA3ImagesDataParser(DataParser):
             require_pycolmap()  # one line, before the model runs
         CONSOLE.log(f"DA3 predicts the cameras of {len(images)} images")
         geometry = PassGeometry() if self.config.colmap else None
-        w2c, K = predict_cameras(model, images, self.config.process_res, self.config.max_views_per_pass, geometry)
+        if self.config.chunk_size is None:
+            w2c, K = predict_cameras(model, images, self.config.process_res, self.config.max_views_per_pass, geometry)
+        else:
+            w2c, K = stream_cameras(
+                model, images, self.config.process_res, self.config.chunk_size, self.config.loop_closure, geometry
+            )
         self._geometry = geometry
         sizes = np.array([im.shape[:2] for im in images], dtype=np.int64)
         return w2c, K, sizes
@@ -268,9 +281,7 @@ def predict_cameras(
         anchors = sorted(set(np.linspace(0, n - 1, ANCHORS).round().astype(int).tolist()))
         rest = [i for i in range(n) if i not in anchors]
         groups = [g.tolist() for g in np.array_split(rest, math.ceil(len(rest) / (max_views - len(anchors))))]
-    w2c, K = np.zeros((n, 4, 4), np.float32), np.zeros((n, 3, 3), np.float32)
-    if geometry is not None:
-        geometry.images, geometry.depth, geometry.conf, geometry.K = ([None] * n for _ in range(4))
+    w2c, K = _empty_outputs(n, geometry)
     ref = None
     for group in groups:
         ids = anchors + group
@@ -284,19 +295,57 @@ def predict_cameras(
                 R, t, s = umeyama(_anchor_points(e[: len(anchors)]), _anchor_points(ref))
                 e = apply_sim3_to_w2c(e, R, t, s)
                 scale = float(s)  # distances, depth included, scale with the frame
-        H, W = pred.depth.shape[1:]
-        for j, i in enumerate(ids):
-            if i in anchors and group is not groups[0]:
-                continue  # anchors keep the first pass's cameras
-            h, w = images[i].shape[:2]
-            k = pred.intrinsics[j].astype(np.float64).copy()
-            k[0] *= w / W  # processed pixels -> this image's pixels (the resize may change the aspect slightly)
-            k[1] *= h / H
-            w2c[i], K[i] = e[j].numpy(), k
-            if geometry is not None:
-                geometry.images[i], geometry.K[i] = pred.processed_images[j], pred.intrinsics[j]
-                geometry.depth[i], geometry.conf[i] = pred.depth[j] * scale, pred.depth_conf[j]
+        keep = [(j, i) for j, i in enumerate(ids) if not (i in anchors and group is not groups[0])]
+        _store(pred, e, scale, keep, images, w2c, K, geometry)  # anchors keep the first pass's cameras
     return w2c, K
+
+
+def stream_cameras(
+    model,
+    images: list[np.ndarray],
+    process_res: int | None,
+    chunk_size: int,
+    loop_closure: bool,
+    geometry: PassGeometry | None = None,
+):
+    """Like :func:`predict_cameras`, for ordered frames: chunks of ``chunk_size`` neighbouring frames, each mapped
+    into the first one's frame on the frames it shares with the previous chunk (``da3_splat.streaming``), and with
+    ``loop_closure`` corrected where the trajectory returns to a place seen before."""
+    from da3_splat.streaming import describe_chunk, infer_streaming
+
+    def progress(info: dict) -> None:
+        CONSOLE.log(describe_chunk(info))
+
+    pred = infer_streaming(
+        model, images, chunk_size, process_res=process_res, loop_closure=loop_closure, progress=progress
+    )
+    n = len(images)
+    w2c, K = _empty_outputs(n, geometry)
+    e = as_homogeneous(torch.from_numpy(pred.extrinsics).double())
+    _store(pred, e, 1.0, list(enumerate(range(n))), images, w2c, K, geometry)  # merged: already one frame
+    return w2c, K
+
+
+def _empty_outputs(n: int, geometry: PassGeometry | None) -> tuple[np.ndarray, np.ndarray]:
+    """w2c (n, 4, 4) and K (n, 3, 3) to fill, and ``geometry``'s lists sized for n images."""
+    if geometry is not None:
+        geometry.images, geometry.depth, geometry.conf, geometry.K = ([None] * n for _ in range(4))
+    return np.zeros((n, 4, 4), np.float32), np.zeros((n, 3, 3), np.float32)
+
+
+def _store(pred, e: torch.Tensor, scale: float, keep, images, w2c, K, geometry: PassGeometry | None) -> None:
+    """Write view ``j`` of ``pred`` (cameras ``e`` in the merged frame, ``scale`` its distances' factor) as image
+    ``i`` for each (j, i) of ``keep``: w2c, K in that image's pixels and, given ``geometry``, what DA3 saw."""
+    H, W = pred.depth.shape[1:]
+    for j, i in keep:
+        h, w = images[i].shape[:2]
+        k = pred.intrinsics[j].astype(np.float64).copy()
+        k[0] *= w / W  # processed pixels -> this image's pixels (the resize may change the aspect slightly)
+        k[1] *= h / H
+        w2c[i], K[i] = e[j].numpy(), k
+        if geometry is not None:
+            geometry.images[i], geometry.K[i] = pred.processed_images[j], pred.intrinsics[j]
+            geometry.depth[i], geometry.conf[i] = pred.depth[j] * scale, pred.depth_conf[j]
 
 
 def _anchor_points(w2c: torch.Tensor) -> torch.Tensor:

@@ -94,20 +94,27 @@ def _errors(pred_w2c: torch.Tensor, gt_w2c: torch.Tensor) -> tuple[float, float,
     return float(rot.max()), float(trans.max()), float((fitted - c_gt).norm(dim=-1).max() / extent)
 
 
-@pytest.mark.parametrize("max_views", [64, 8])  # one pass; several passes sharing 4 anchor views
-def test_written_cameras_match_the_truth(scene, tmp_path, monkeypatch, max_views):
+# one pass; several passes sharing 4 anchor views; streamed in chunks of 8 neighbouring frames
+@pytest.mark.parametrize(("max_views", "chunk_size"), [(64, None), (8, None), (64, 8)])
+def test_written_cameras_match_the_truth(scene, tmp_path, monkeypatch, max_views, chunk_size):
     import nerfstudio_plugin.dataparser as dp
 
     folder, sc = scene
     from da3_splat.model.preprocess import load_image
 
     images = [load_image(p) for p in sorted(folder.glob("*.png"))]
-    stand_in = ExactCameras(images, sc.w2c, sc.K, seed=max_views)
+    # streaming fits each chunk on its overlap's depth too: the true depth, scaled with each pass's frame
+    stand_in = ExactCameras(images, sc.w2c, sc.K, seed=max_views, depth=None if chunk_size is None else sc.depth)
     monkeypatch.setattr(dp, "load_da3", lambda weights, device: stand_in)
-    config = dp.DA3ImagesDataParserConfig(data=folder, max_views_per_pass=max_views, eval_mode="all", device="cpu")
+    config = dp.DA3ImagesDataParserConfig(
+        data=folder, max_views_per_pass=max_views, chunk_size=chunk_size, eval_mode="all", device="cpu"
+    )
     parser = config.setup()
     outputs = parser.get_dataparser_outputs("train")
-    assert len(stand_in.passes) == (1 if max_views >= FRAMES else 4) and max(stand_in.passes) <= max_views
+    if chunk_size is None:
+        assert len(stand_in.passes) == (1 if max_views >= FRAMES else 4) and max(stand_in.passes) <= max_views
+    else:
+        assert len(stand_in.passes) > 2 and max(stand_in.passes) <= chunk_size
 
     gt = torch.from_numpy(sc.w2c).double()
     # what the run records: transforms.json (OpenGL camera-to-world, intrinsics in pixels of each image)
@@ -145,6 +152,35 @@ def test_pose_solver_option_reaches_the_model(scene, monkeypatch):
     assert stand_in.config.pose_solver == "matches" and get_config("da3-small").pose_solver == "decoder"
 
 
+def test_streaming_options_reach_the_library_and_are_checked(scene, monkeypatch, capsys):
+    import da3_splat.streaming as streaming
+    import nerfstudio_plugin.dataparser as dp
+    from da3_splat.model.preprocess import load_image
+
+    folder, sc = scene
+    images = [load_image(p) for p in sorted(folder.glob("*.png"))]
+    stand_in = ExactCameras(images, sc.w2c, sc.K, depth=sc.depth)
+    monkeypatch.setattr(dp, "load_da3", lambda weights, device: stand_in)
+    seen = {}
+    real = streaming.infer_streaming
+
+    def spy(model, frames, chunk_size, **kw):
+        seen.update(chunk_size=chunk_size, **kw)
+        return real(model, frames, chunk_size, **kw)
+
+    monkeypatch.setattr(streaming, "infer_streaming", spy)
+    config = dp.DA3ImagesDataParserConfig(data=folder, chunk_size=10, loop_closure=True, eval_mode="all", device="cpu")
+    config.setup().get_dataparser_outputs("train")
+    assert seen["chunk_size"] == 10 and seen["loop_closure"] is True
+    with pytest.raises(SystemExit) as exit_info:
+        dp.DA3ImagesDataParserConfig(data=folder, loop_closure=True, device="cpu").setup().get_dataparser_outputs()
+    assert exit_info.value.code == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: --loop-closure needs --chunk-size (it corrects the chunks of a streamed run)"
+    )
+
+
 def _bottom(n: int) -> torch.Tensor:
     return torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64).expand(n, 1, 4)
 
@@ -158,7 +194,8 @@ def test_a_convention_slip_is_caught(scene):
     assert rot > 1 or trans > 1 or centre > 1e-2
 
 
-def test_colmap_model_of_a_multi_pass_run(scene, tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunk_size", [None, 8])  # anchored passes; streamed chunks
+def test_colmap_model_of_a_multi_pass_run(scene, tmp_path, monkeypatch, chunk_size):
     """--colmap: the COLMAP model has the written cameras, and its points (from each pass's depth, rescaled into the
     merged frame) sit on the true surfaces once that frame is fitted to the truth; later passes included."""
     pycolmap = pytest.importorskip("pycolmap")
@@ -170,10 +207,12 @@ def test_colmap_model_of_a_multi_pass_run(scene, tmp_path, monkeypatch):
     images = [load_image(p) for p in sorted(folder.glob("*.png"))]
     stand_in = ExactCameras(images, sc.w2c, sc.K, seed=3, depth=sc.depth)
     monkeypatch.setattr(dp, "load_da3", lambda weights, device: stand_in)
-    config = dp.DA3ImagesDataParserConfig(data=folder, max_views_per_pass=8, eval_mode="all", device="cpu", colmap=True)
+    config = dp.DA3ImagesDataParserConfig(
+        data=folder, max_views_per_pass=8, chunk_size=chunk_size, eval_mode="all", device="cpu", colmap=True
+    )
     parser = config.setup()
     parser.get_dataparser_outputs("train")
-    assert len(stand_in.passes) == 4
+    assert len(stand_in.passes) == 4 if chunk_size is None else len(stand_in.passes) > 2
     parser.save_cameras(tmp_path / "run")
     rec = pycolmap.Reconstruction(str(tmp_path / "run" / "colmap" / "sparse" / "0"))
     assert rec.num_images() == FRAMES and rec.num_points3D() > 1000
