@@ -9,10 +9,10 @@ head and the camera decoder of each; "other" is the rest of the forward (referen
 
 The two backbones run the same operators on the same shapes (attention, QKV/MLP GEMMs, LayerNorm), so the backbone
 bounds the equal-work speed-up from above: the table gives the speed-up that ours would reach if its head and glue
-cost nothing, and the backbone throughput (GFLOP/s, FLOPs counted by torch.utils.flop_counter,
-plus attention's, which it misses on CPU) that 1.3x would need
-given ours' measured head, against this machine's fp32 matmul peak measured in the same run. Ours is also timed
-with `DA3.compile_parts()` (torch.compile of the backbone and the head's per-chunk pass; a measured opt-in).
+cost nothing, and the backbone throughput (GFLOP/s: FLOPs counted by torch.utils.flop_counter, plus attention's,
+which it misses on CPU) that 1.3x would need given ours' measured head, against this machine's fp32 matmul peak
+measured in the same run. Ours is also timed with `DA3.compile_parts()` (torch.compile of the backbone blocks and
+the heads' per-chunk pass; a measured opt-in).
 """
 
 from __future__ import annotations

@@ -189,6 +189,10 @@ class DA3ImagesDataParser(DataParser):
 
         if self.config.loop_closure and self.config.chunk_size is None:
             raise DataError("--loop-closure needs --chunk-size (it corrects the chunks of a streamed run)")
+        if self.config.chunk_size is not None:  # before the model loads, named as the flags are
+            from da3_splat.streaming import check_chunking
+
+            check_chunking(self.config.chunk_size, None, False, names=("--chunk-size", "--chunk-overlap"))
         if self.config.max_views_per_pass < 2 * ANCHORS:
             got = self.config.max_views_per_pass
             raise DataError(f"--max-views-per-pass must be at least {2 * ANCHORS}, got {got}")
@@ -322,7 +326,7 @@ def stream_cameras(
     n = len(images)
     w2c, K = _empty_outputs(n, geometry)
     e = as_homogeneous(torch.from_numpy(pred.extrinsics).double())
-    _store(pred, e, 1.0, list(enumerate(range(n))), images, w2c, K, geometry)  # merged: already one frame
+    _store(pred, e, 1.0, [(i, i) for i in range(n)], images, w2c, K, geometry)  # merged: already one frame
     return w2c, K
 
 

@@ -91,8 +91,9 @@ class DA3(nn.Module):
         """Opt-in ``torch.compile`` of the backbone and of the heads' per-chunk pass, in place; returns self.
 
         The first forward at each input shape compiles (about 30-45 s for da3-small on 2 CPU cores); later ones
-        fuse the elementwise work between the GEMMs, which measured about 10% faster on CPU at the same numerics
-        (``benchmarks/results/forward_ceiling.md``). The Python around them (reference views, cameras) stays eager."""
+        fuse the elementwise work between the GEMMs. On 2 CPU cores that moved the forward by at most 10% either way,
+        within 5e-6 of eager (``benchmarks/results/forward_ceiling.md``); the GEMMs and attention, most of the time,
+        are the same kernels. The Python around them (reference views, cameras) stays eager."""
         compile_kw.setdefault("dynamic", False)
         # Block by block: the backbone's loop breaks the graph where it selects the reference view (a data-dependent
         # index), which would send the whole loop back to eager. The blocks share one code object, compiled once

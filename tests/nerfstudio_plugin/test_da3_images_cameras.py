@@ -181,6 +181,18 @@ def test_streaming_options_reach_the_library_and_are_checked(scene, monkeypatch,
     )
 
 
+def test_a_bad_chunk_size_is_one_line_before_the_model_loads(scene, monkeypatch, capsys):
+    import nerfstudio_plugin.dataparser as dp
+
+    folder, _ = scene
+    monkeypatch.setattr(dp, "load_da3", lambda weights, device: pytest.fail("the model loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        dp.DA3ImagesDataParserConfig(data=folder, chunk_size=2, device="cpu").setup().get_dataparser_outputs()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --chunk-size must be at least") and "\n" not in err, err
+
+
 def _bottom(n: int) -> torch.Tensor:
     return torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64).expand(n, 1, 4)
 
