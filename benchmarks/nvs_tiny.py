@@ -66,6 +66,12 @@ def training_rows(runs: list[Path]) -> list[list]:
     return rows
 
 
+def strongest(res: dict, key: str) -> tuple[dict, str]:
+    """The better (PSNR) of a head-free baseline with the confidence as opacity and with every splat opaque."""
+    options = [(res[k], k) for k in (key, f"{key}-opaque") if k in res]
+    return max(options, key=lambda o: o[0]["psnr"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scenes", type=Path, default=Path("data/synthetic/val"))
@@ -75,7 +81,7 @@ def main() -> None:
         "--runs",
         type=Path,
         nargs="*",
-        default=[Path("outputs/tiny-geometry"), Path("outputs/tiny-nvs")],
+        default=[Path("outputs/tiny-geometry"), Path("outputs/tiny-geometry-finish"), Path("outputs/tiny-nvs")],
         help="training run folders whose summary.json gives the training time",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "nvs_tiny.md")
@@ -96,9 +102,15 @@ def main() -> None:
     rows, checks = [], []
     for mode in trained["results"]:
         res, base = trained["results"][mode], untrained["results"][mode]["nvs-head"]
-        methods = [("trained NVS head", res["nvs-head"]), ("head-free from its own depth", res["head-free"])]
-        if "head-free-swept" in res:  # a plane-sweep head: also what the non-learned sweep gives on its own
-            methods.append(("head-free from its plane-swept depth (no head)", res["head-free-swept"]))
+        methods = [("trained NVS head", res["nvs-head"])]
+        for key, label in (
+            ("head-free", "from its own depth"),
+            ("head-free-swept", "from its plane-swept depth (no head)"),
+        ):
+            if key in res:  # -swept: a plane-sweep head, also what the non-learned sweep gives on its own
+                methods.append((f"head-free {label}", res[key]))
+                if f"{key}-opaque" in res:
+                    methods.append((f"head-free {label}, every splat opaque", res[f"{key}-opaque"]))
         for label, r in methods + [("untrained (random weights)", base)]:
             rows.append(
                 [
@@ -110,16 +122,19 @@ def main() -> None:
                     f"{r['seconds_per_scene']:.2f}",
                 ]
             )
-        for label, other in (("head-free", res["head-free"]), ("untrained", base)):
+        # The bars are judged against the stronger of the two opacity maps of each head-free baseline.
+        hf, hf_label = strongest(res, "head-free")
+        for label, other in ((hf_label, hf), ("untrained", base)):
             gain = res["nvs-head"]["psnr"] - other["psnr"]
             checks.append(
                 f"- {mode}: trained NVS head - {label} = {gain:+.2f} dB "
                 f"(bar +{BAR_DB:.1f} dB: {'**met**' if gain >= BAR_DB else '**not met**'})"
             )
         if "head-free-swept" in res:
-            gain = res["nvs-head"]["psnr"] - res["head-free-swept"]["psnr"]
+            swept, swept_label = strongest(res, "head-free-swept")
+            gain = res["nvs-head"]["psnr"] - swept["psnr"]
             checks.append(
-                f"- {mode}: trained NVS head - head-free at the swept depth = {gain:+.2f} dB (what the "
+                f"- {mode}: trained NVS head - {swept_label} = {gain:+.2f} dB (what the "
                 f"learned head adds over the non-learned sweep it reads; bar +{SWEPT_BAR_DB:.1f} dB: "
                 f"{_met(gain >= SWEPT_BAR_DB)})"
             )

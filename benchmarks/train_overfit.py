@@ -53,6 +53,15 @@ def overfit_args(train: Path, out: Path, steps: int, lr: float, posed: float, se
         "--data.window",
         str(FRAMES),
         str(FRAMES),
+        # Pinned here, whatever the preset's curriculum: full size, the DA3 losses alone, the decoder's cameras.
+        "--data.height",
+        str(SIZE[0]),
+        "--data.width",
+        str(SIZE[1]),
+        "--loss.matching",
+        "0",
+        "--model.pose-solver",
+        "decoder",
         "--posed",
         str(posed),
         "--optim.lr",
@@ -174,7 +183,8 @@ def main() -> None:
         [
             f"- load average at the end: {loadavg()}",
             f"- {len(scenes)} synthetic scenes (seed 31, {FRAMES} frames, 135x240), trained at {SIZE[0]}x{SIZE[1]}: "
-            f"preset tiny-synthetic-geometry, --steps {a.steps} --optim.lr {a.lr} --posed {a.posed} (2-4 context "
+            f"preset tiny-synthetic-geometry (its architecture), --steps {a.steps} --optim.lr {a.lr} --posed {a.posed}, "
+            "no matching term, cameras from the decoder (2-4 context "
             f"views of the {FRAMES} frames)",
             f"- training: {summary['steps']} steps in {minutes:.1f} min wall, "
             f"{summary['cpu_seconds'] / 60:.1f} CPU-min",

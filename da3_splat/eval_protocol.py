@@ -4,7 +4,8 @@
 For every scene a fixed set of context and target views (an index file, or each scene's own eval_index.json:
 every 8th frame a target, farthest-point context views) goes through DA3; the NVS head's Gaussians and the
 head-free baseline (one Gaussian per pixel from the model's own depth; for a plane-sweep head also from the swept
-depth, so the head is compared with what the non-learned sweep gives) are rendered at the targets and scored
+depth, so the head is compared with what the non-learned sweep gives; each with the confidence as opacity and,
+"-opaque", with every splat opaque) are rendered at the targets and scored
 with PSNR / SSIM (and LPIPS when its weights are on disk). Posed: the context cameras condition DA3 and place
 the Gaussians. Pose-free: predicted cameras, aligned to the GT context cameras before rendering the targets;
 optionally (``TTOSettings``) each method is also scored as NoPoSplat / AnySplat are, after test-time target-pose
@@ -93,6 +94,8 @@ def evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn=None, tto: 
         res, methods, pred_w2c = _evaluate_scene(model, batch, mode, baseline, lpips_fn)
     if tto is not None and tto.refine.steps > 0 and mode != "posed":
         for name, g, secs in methods:
+            if name.endswith("-opaque"):  # a diagnostic of the opacity map: not worth minutes of refinement
+                continue
             start = batch.target_w2c
             if tto.init == "nearest-context":
                 start = nearest_context_start(batch.target_w2c, batch.context_w2c, pred_w2c)
@@ -174,18 +177,25 @@ def _evaluate_scene(model, batch, mode: str, baseline: bool, lpips_fn) -> tuple[
         depths = [("head-free", out["depth"])]
         if "swept_depth" in out:
             depths.append(("head-free-swept", out["swept_depth"]))
+        # Each also with every splat opaque ("-opaque"): the confidence-to-opacity map assumes a confidence that
+        # ranks the depth's errors; a model whose confidence does not (the tiny synthetic one) gets holes from it.
         for name, depth in depths:
-            t1 = time.perf_counter()
             depth = depth * (s[:, None, None, None] if not posed else 1.0)
-            g = Gaussians.stack(
-                [
-                    headfree_gaussians(
-                        depth[b], batch.context_images[b].permute(0, 2, 3, 1), w2c[b], K[b], out["depth_conf"][b]
-                    )
-                    for b in range(depth.shape[0])
-                ]
-            )
-            methods.append((name, g, t_model + t_align + time.perf_counter() - t1))
+            for suffix, conf in (("", out["depth_conf"]), ("-opaque", None)):
+                t1 = time.perf_counter()
+                g = Gaussians.stack(
+                    [
+                        headfree_gaussians(
+                            depth[b],
+                            batch.context_images[b].permute(0, 2, 3, 1),
+                            w2c[b],
+                            K[b],
+                            None if conf is None else conf[b],
+                        )
+                        for b in range(depth.shape[0])
+                    ]
+                )
+                methods.append((name + suffix, g, t_model + t_align + time.perf_counter() - t1))
     for name, g, secs in methods:
         scores, renders[name] = _score(g, batch.target_w2c, batch, lpips_fn)
         scores["seconds"] += secs

@@ -75,8 +75,8 @@ def test_metrics_and_grids(setup, tmp_path):
         assert 0 <= entry["posed"]["depth"]["delta1"] <= 1
         assert not set(entry["context"]) & set(entry["targets"])
         grid = np.asarray(Image.open(out / "grids" / f"{scene}.png"))
-        # rows: targets, then posed nvs-head, head-free, then pose-free nvs-head, head-free; 3 targets wide
-        assert grid.shape == (5 * 42, 3 * 70, 3)
+        # rows: targets, then posed nvs-head, head-free, head-free-opaque, then the same pose-free; 3 targets wide
+        assert grid.shape == (7 * 42, 3 * 70, 3)
 
 
 def test_a_model_without_nvs_head_scores_the_baseline_only(setup, tmp_path):
@@ -102,7 +102,7 @@ def test_a_model_without_nvs_head_scores_the_baseline_only(setup, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    assert list(m["results"]) == ["posed"] and list(m["results"]["posed"]) == ["head-free"]
+    assert list(m["results"]) == ["posed"] and list(m["results"]["posed"]) == ["head-free", "head-free-opaque"]
 
 
 def test_pose_solver_option_reaches_the_model(setup, tmp_path):

@@ -34,6 +34,7 @@ def test_wheel_ships_presets_and_bundled_model(wheel):
     for name in (
         "da3_splat/configs/tiny-synthetic.json",
         "da3_splat/configs/tiny-synthetic-geometry.json",
+        "da3_splat/configs/tiny-synthetic-geometry-finish.json",
         "da3_splat/configs/arch/da3-tiny.json",
         "da3_splat/weights/da3-tiny-synthetic/model.safetensors",
         "da3_splat/weights/da3-tiny-synthetic/config.json",

@@ -172,8 +172,15 @@ class DA3(nn.Module):
                     out.extrinsics, out.intrinsics = cameras_from_rays(out.ray, out.ray_conf, H, W)
                 else:
                     out.extrinsics, out.intrinsics = self.cam_dec.cameras(feats[-1][1].float(), H, W)
-                    # While the decoder trains (its module in train mode), the losses need its own cameras.
-                    if self.config.pose_solver == "matches" and extrinsics is None and not self.cam_dec.training:
+                    # While the decoder trains (its module in train mode), the losses need its own cameras. Posed,
+                    # the model's cameras only serve the "cameras" calibration step (their baselines against the
+                    # given ones), so the match cameras, in the depth's own units, serve it there too.
+                    calibrates = gs_cameras is not None and "cameras" in self.config.depth_calibration_steps
+                    if (
+                        self.config.pose_solver == "matches"
+                        and (extrinsics is None or calibrates)
+                        and not self.cam_dec.training
+                    ):
                         self._cameras_from_matches(out, patch[0])
         out.features = patch
         if gs_cameras is not None:

@@ -31,6 +31,10 @@ def test_loads_by_name_and_is_small():
         model.config.gs_head.dpt.features == nvs["nvs_features"] and model.config.gs_head.sh_degree == nvs["sh_degree"]
     )
     assert model.config.gs_head.plane_sweep == nvs.get("plane_sweep", False)
+    # Stage 1 trains the token-normalised decoder and saves the match cameras as the pose-free default.
+    stage1 = json.loads((CONFIG_DIR / "tiny-synthetic-geometry-finish.json").read_text())["model"]
+    assert model.config.camera_token_norm == arch.get("camera_token_norm", False)
+    assert model.config.pose_solver == stage1["pose_solver"]
     assert 2e6 < sum(p.numel() for p in model.parameters()) < 5e6
 
 

@@ -5,11 +5,12 @@ poses (a sign, transpose or axis bug in it gives errors of many degrees)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from da3_splat.geometry import quat_xyzw_to_matrix
+from da3_splat.geometry import baseline_scale, quat_xyzw_to_matrix
 from da3_splat.geometry_metrics import relative_pose_errors
 from da3_splat.model import DA3, DA3Config, match_pose
 from da3_splat.model.match_pose import (
@@ -199,6 +200,27 @@ def test_the_decoder_gives_the_cameras_while_it_trains_and_with_given_poses():
     K = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).expand(1, 2, 3, 3)
     with torch.no_grad():
         torch.testing.assert_close(matches(x, w2c, K).extrinsics, decoder(x, w2c, K).extrinsics)
+
+
+def test_posed_depth_calibration_takes_the_baselines_of_the_match_cameras(monkeypatch):
+    """Posed, the "cameras" calibration compares the model's baselines with the given ones: a model set to matches
+    takes its match cameras' (in its depth's own units), not the decoder's, which a collapsed decoder makes ~0."""
+    monkeypatch.setattr(match_pose, "MIN_INLIERS", 3)
+    decoder, matches = micro_models()
+    matches.config = replace(matches.config, posed_depth_calibration="cameras")
+    x = torch.rand(1, 3, 3, 56, 84, generator=torch.Generator().manual_seed(1))
+    w2c = torch.eye(4).repeat(1, 3, 1, 1)
+    w2c[0, 1, 0, 3], w2c[0, 2, 1, 3] = 0.3, -0.5
+    K = torch.tensor([[60.0, 0, 42], [0, 60, 28], [0, 0, 1]]).expand(1, 3, 3, 3)
+    with torch.no_grad():
+        base = decoder(x, w2c, K, keep_features=True)  # the same pass, uncalibrated, cameras from the decoder
+        out = matches(x, w2c, K, gs_cameras=(w2c, K))
+    solved = cameras_from_matches(base.features[0], base.depth, base.intrinsics, base.reference_view)
+    assert solved.inliers.sum() > 0
+    factor = baseline_scale(solved.extrinsics[0], w2c[0])
+    assert not torch.isclose(factor, baseline_scale(base.extrinsics[0], w2c[0]))
+    torch.testing.assert_close(out.depth_scale, factor[None])
+    torch.testing.assert_close(out.depth, base.depth / solved.depth_scale[..., None, None] * factor)
 
 
 def test_unknown_pose_solver_is_refused():
