@@ -185,7 +185,15 @@ def run_start_weights(scenes, arch, tmp_path):
 
 
 def test_presets_load_and_fields_override():
-    for name in ("tiny-synthetic", "tiny-synthetic-geometry", "tiny-synthetic-geometry-finish", "small", "base", "large", "giant"):
+    for name in (
+        "tiny-synthetic",
+        "tiny-synthetic-geometry",
+        "tiny-synthetic-geometry-finish",
+        "small",
+        "base",
+        "large",
+        "giant",
+    ):
         cfg = load_preset(name)
         assert isinstance(cfg, TrainConfig) and cfg.data.height % 14 == 0 and cfg.data.width % 14 == 0
     cfg = parse_train_args(["small", "--optim.lr", "1e-5", "--steps", "7"])
