@@ -4,8 +4,6 @@ cameras drift inside every pass, so the chain of chunk fits drifts as a real mod
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -24,7 +22,6 @@ from da3_splat.streaming_loops import (
     sim3_matrix,
     sim3_parts,
 )
-from tests.cli_helpers import run_cli
 from tests.streaming_stand_in import (
     DriftingModel,
     PerfectModel,
@@ -180,16 +177,14 @@ def test_loop_closure_options_are_checked(kw, match):
     assert chunking(_Cfg(loop_closure=True, chunk_size=8)) == (8, 2)
 
 
-def test_predict_with_loop_closure_on_the_bundled_model(tmp_path, loop_scene):
-    import cv2
+def test_loop_closure_on_the_bundled_model(loop_scene):
+    """The real tiny model through the streaming library predict uses. Its depth (AbsRel about 0.26) disagrees
+    between passes by 5% to 9% of the scene on this orbit, above the 5% default gate that guards real checkpoints'
+    merges, so the gate is widened here: the loop search, verification and record run on real outputs."""
+    from da3_splat.model import DA3
 
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, im in enumerate(loop_scene.images[::2]):
-        cv2.imwrite(str(folder / f"{i:03d}.png"), im[..., ::-1])
-    out = tmp_path / "out"
-    res = run_cli("predict", folder, "-o", out, "--model", "da3-tiny-synthetic", "--chunk-size", 8, "--loop-closure")
-    assert res.returncode == 0, res.stderr
-    info = json.loads((out / "prediction.json").read_text())["streaming"]["loop_closure"]
+    model = DA3.from_pretrained("da3-tiny-synthetic").eval()
+    pred = infer_streaming(model, list(loop_scene.images[::2]), 8, loop_closure=True, max_residual=0.15)
+    info = pred.extra["streaming"]["loop_closure"]
     assert info["candidates"] >= 1 and len(info["loops"]) == info["candidates"]
     assert all(("drift" in x) != ("rejected" in x) for x in info["loops"])

@@ -204,7 +204,13 @@ class DA3(nn.Module):
         from da3_splat.model.match_pose import cameras_from_matches
 
         solved = cameras_from_matches(features, out.depth, out.intrinsics, out.reference_view)
-        out.extrinsics = solved.extrinsics
+        # A view no match reaches keeps the decoder's camera rather than the reference's pose: coincident cameras
+        # break every consumer that normalises by the spread of the centres (nerfstudio, chunk alignment).
+        S = solved.extrinsics.shape[1]
+        views = torch.arange(S, device=solved.extrinsics.device)
+        unplaced = (solved.inliers.to(views.device) == 0) & (views != out.reference_view[:, None].to(views.device))
+        decoder = out.extrinsics[..., :3, :].to(solved.extrinsics)
+        out.extrinsics = torch.where(unplaced[..., None, None], decoder, solved.extrinsics)
         out.depth = out.depth / solved.depth_scale[..., None, None]
 
     @staticmethod

@@ -202,6 +202,19 @@ def test_the_decoder_gives_the_cameras_while_it_trains_and_with_given_poses():
         torch.testing.assert_close(matches(x, w2c, K).extrinsics, decoder(x, w2c, K).extrinsics)
 
 
+def test_a_view_no_match_reaches_keeps_the_decoders_camera(monkeypatch):
+    """Not the reference's pose: coincident cameras break whatever normalises by their spread (nerfstudio)."""
+    monkeypatch.setattr(match_pose, "MIN_INLIERS", 10**6)  # no pair solves
+    decoder, matches = micro_models()
+    x = torch.rand(1, 3, 3, 56, 84, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base, out = decoder(x), matches(x)
+    ref = int(out.reference_view[0])
+    others = [v for v in range(3) if v != ref]
+    torch.testing.assert_close(out.extrinsics[0, others], base.extrinsics[0, others, :3].to(out.extrinsics))
+    torch.testing.assert_close(out.extrinsics[0, ref], torch.eye(3, 4, dtype=out.extrinsics.dtype))
+
+
 def test_posed_depth_calibration_takes_the_baselines_of_the_match_cameras(monkeypatch):
     """Posed, the "cameras" calibration compares the model's baselines with the given ones: a model set to matches
     takes its match cameras' (in its depth's own units), not the decoder's, which a collapsed decoder makes ~0."""
