@@ -199,8 +199,9 @@ class DA3(nn.Module):
 
     @staticmethod
     def _cameras_from_matches(out: DA3Output, features: Tensor) -> None:
-        """Pose-free cameras from the first output layer's patch matches (the layer the matching term trains) and
-        the predicted depth, which is brought into the reference view's units; the decoder's intrinsics stay."""
+        """The model's own cameras (pose-free, or for a posed pass's "cameras" calibration) from the first output
+        layer's patch matches (the layer the matching term trains) and the predicted depth, which is brought into
+        the reference view's units; the decoder's intrinsics stay."""
         from da3_splat.model.match_pose import cameras_from_matches
 
         solved = cameras_from_matches(features, out.depth, out.intrinsics, out.reference_view)
