@@ -86,7 +86,9 @@ def main() -> None:
                 f"{frac:g}",
                 s1,
                 s2,
-                *(f"{v:.3f}" if i == 0 else f"{v:.2f}" for i, v in enumerate(values)),
+                f"{values[0]:.3f}",
+                f"{m.rotation_median:.2f}",
+                f"{m.translation_median:.2f}",
                 f"{m.auc15:.3f}",
             ]
         )
