@@ -33,6 +33,7 @@ from _common import RESULTS, ROOT, loadavg, machine_header, md_table
 
 sys.path.insert(0, str(ROOT))
 from da3_splat.data.synthetic import TRAJECTORY_KINDS  # noqa: E402
+from da3_splat.streaming_align import MAX_RESIDUAL  # noqa: E402
 
 MODES = ("one pass", "streaming", "streaming + loop closure")
 HEADERS = ["frames", "mode", "peak RSS GiB", "added by inference GiB", "of which outputs GiB", "working GiB",
@@ -93,7 +94,8 @@ def child(args) -> None:
         pred = model.infer(images)
     else:
         loops = args.mode == "streaming + loop closure"
-        pred = infer_streaming(model, images, args.chunk_size, args.overlap, loop_closure=loops)
+        gate = {} if args.max_residual is None else {"max_residual": args.max_residual}
+        pred = infer_streaming(model, images, args.chunk_size, args.overlap, loop_closure=loops, **gate)
     if args.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -117,6 +119,7 @@ def run_one(scene: Path, mode: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", str(scene), "--mode", mode, "--model", args.model]
     cmd += ["--device", args.device, "--threads", str(args.threads), "--chunk-size", str(args.chunk_size)]
     cmd += ["--overlap", str(args.overlap)] + (["--pose-solver", args.pose_solver] if args.pose_solver else [])
+    cmd += [] if args.max_residual is None else ["--max-residual", str(args.max_residual)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -139,6 +142,12 @@ def main() -> None:
     ap.add_argument("--trajectory", choices=TRAJECTORY_KINDS, help="one path kind (default: the generator's mix)")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:2]))
     ap.add_argument("--pose-solver", choices=["decoder", "matches"], help="pose-free cameras (default: the model's)")
+    ap.add_argument(
+        "--max-residual",
+        type=float,
+        help="merge gate: the shared points' disagreement, over the scene, above which a chunk is refused "
+        "(default: the library's); the bundled tiny model's passes disagree by 3-6%%",
+    )
     ap.add_argument("--one-pass-max", type=int, default=None, help="skip one pass above this many frames")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -184,11 +193,16 @@ def main() -> None:
     extra = [f"- load average (1/5/15 min): {load_before} at start, {loadavg()} at end"]
     text = machine_header("Streaming inference vs one pass on long trajectories", extra)
     solver = f" (pose solver: {args.pose_solver})" if args.pose_solver else ""
+    gate = (
+        ""
+        if args.max_residual is None
+        else (f"; merge gate {args.max_residual:g} of the scene instead of the library's {MAX_RESIDUAL:g}")
+    )
     path = f"{args.trajectory} path" if args.trajectory else "path kind drawn by the generator"
     text += (
         f"\n`{cmd}`: model {args.model}{solver} at {args.width}x{args.height} (its own processing resolution applies), "
         f"streaming in chunks of {args.chunk_size} frames sharing {args.overlap} (`da3_splat.streaming`), one "
-        f"synthetic scene (seed {args.seed}, {path}) per N, each run in its own process on {args.device}.\n\n"
+        f"synthetic scene (seed {args.seed}, {path}) per N, each run in its own process on {args.device}{gate}.\n\n"
     )
     text += md_table(HEADERS, rows)
     text += (

@@ -132,6 +132,15 @@ def so3_exp(omega: Tensor) -> Tensor:
     return eye + a * k + b * (k @ k)
 
 
+def so3_log(R: Tensor) -> Tensor:
+    """Axis-angle vectors (..., 3) of rotation matrices (..., 3, 3), the inverse of :func:`so3_exp` for angles below
+    pi; atan2 keeps the angle accurate near 0 and differentiable at the identity."""
+    v = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1) / 2
+    sin = (v.square().sum(-1) + 1e-30).sqrt()
+    angle = torch.atan2(sin, (R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2)
+    return v * (angle / sin)[..., None]
+
+
 def quat_xyzw_to_matrix(q: Tensor) -> Tensor:
     """Quaternion (x, y, z, w) -> rotation matrix. Uses 2/|q|^2, so ``q`` need not be unit length
     (DA3's camera decoder relies on this)."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from da3_splat.geometry import so3_exp
+from da3_splat.geometry import so3_exp, so3_log
 from da3_splat.streaming_align import FIT_VIEWS, align_chunk
 
 DESCRIPTOR_SIZE = (16, 12)  # (width, height) of the thumbnails compared to find revisits
@@ -138,14 +138,9 @@ def edge_residual(E: torch.Tensor, centre: torch.Tensor, length: float) -> torch
     """(..., 4, 4) similarities that should be the identity -> (..., 7) residuals in the graph's units: rotation
     angle times axis, translation about ``centre`` over ``length``, log-scale."""
     s = torch.linalg.det(E[..., :3, :3]).clamp(min=1e-30) ** (1 / 3)
-    R = E[..., :3, :3] / s[..., None, None]
-    v = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1) / 2
-    sin = (v.square().sum(-1) + 1e-30).sqrt()
-    angle = torch.atan2(sin, (R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2)
+    rotation = so3_log(E[..., :3, :3] / s[..., None, None])
     moved = (E[..., :3, :3] @ centre[..., None]).squeeze(-1) + E[..., :3, 3] - centre  # where E moves the centre
-    return torch.cat(
-        [v * (angle / sin)[..., None] / ROT_UNIT, moved / length / TRANS_UNIT, (s.log() / SCALE_UNIT)[..., None]], -1
-    )
+    return torch.cat([rotation / ROT_UNIT, moved / length / TRANS_UNIT, (s.log() / SCALE_UNIT)[..., None]], -1)
 
 
 def optimise_chunk_graph(

@@ -7,10 +7,12 @@ DUSt3R/MASt3R-style pipelines recover poses: mutual nearest-neighbour patch matc
 below a patch by a soft-argmax, lifted to 3D with each view's predicted depth, a RANSAC similarity (Umeyama) fit,
 and the translation direction re-solved from the epipolar constraint of the inlier matches (depth-free). Every
 candidate pair is fitted and each view placed from the reference along the best-supported pairs (a maximum
-spanning tree on inlier counts). Nothing here is learned; it only reads the network's outputs.
+spanning tree on inlier counts); up to ``ALL_PAIRS_UP_TO`` views, where every pair is fitted, a pose graph over
+all of them then spreads the errors that the tree would leave on the pairs outside it (:func:`refine_pose_graph`).
+Nothing here is learned; it only reads the network's outputs.
 
-Limits: a view that no pair reaches keeps the reference's pose (``inliers`` 0); errors add up along a chain; and
-the rotations are only as good as the depth (on GT depth the same matches give far smaller errors:
+Limits: a view that no pair reaches keeps the reference's pose (``inliers`` 0); beyond ``ALL_PAIRS_UP_TO`` views
+errors add up along the chain of neighbours; and the rotations are only as good as the depth (on GT depth the same matches give far smaller errors:
 benchmarks/results/match_pose.md).
 """
 
@@ -22,14 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from da3_splat.geometry import umeyama
+from da3_splat.geometry import so3_exp, so3_log, umeyama
 
 TEMPERATURE = 0.1  # the matching loss's softmax temperature: the refinement reads the same distribution
 HYPOTHESES = 256  # RANSAC minimal samples (3 matches each) per pair of views
 INLIER_TOLERANCE = 0.1  # a match is an inlier when its 3D residual is under this fraction of its depth
-ALL_PAIRS_UP_TO = 16  # views; beyond, only neighbours in input order and the reference are matched
+ALL_PAIRS_UP_TO = 32  # views; beyond, only neighbours in input order and the reference are matched
 NEIGHBOURS = 2  # beyond ALL_PAIRS_UP_TO, each view is matched with this many on either side
 MIN_INLIERS = 8  # a pair whose best fit agrees with fewer matches is not used (too little evidence)
+GRAPH_ROBUST = 0.1  # Cauchy scale of the pose graph's residuals: radians, and translations over the view's depth
+GRAPH_ITERATIONS = 200  # L-BFGS iterations at most
 
 
 def patch_grid(patches: int, height: int, width: int) -> tuple[int, int]:
@@ -162,7 +166,7 @@ def place_child(R_p: Tensor, t_p: Tensor, scale_p: Tensor, R: Tensor, t: Tensor,
 
 @torch.no_grad()  # a closed-form fit on the network's outputs: nothing to back-propagate
 def cameras_from_matches(
-    features: Tensor, depth: Tensor, intrinsics: Tensor, reference: Tensor, *, seed: int = 0
+    features: Tensor, depth: Tensor, intrinsics: Tensor, reference: Tensor, *, seed: int = 0, refine: bool = True
 ) -> MatchCameras:
     """features (B, S, P, C) patch features of one backbone layer (input view order), depth (B, S, H, W) the
     predicted depth, intrinsics (B, S, 3, 3) in pixels of H x W, reference (B,) the view that is the world frame.
@@ -170,7 +174,8 @@ def cameras_from_matches(
     Every candidate pair of views (:func:`candidate_pairs`) is fitted; each view is then placed along the
     spanning tree from the reference that keeps the best-supported pairs (most inlier matches), so a view that
     shares little with the reference is placed through the views between them. A view no pair reaches keeps the
-    reference's pose and depth scale. Seeded RANSAC (``seed``): the same inputs give the same cameras."""
+    reference's pose and depth scale. With ``refine`` (and at most ``ALL_PAIRS_UP_TO`` views), the poses are then
+    adjusted to all the pairs (:func:`refine_pose_graph`). Seeded RANSAC (``seed``): the same inputs give the same cameras."""
     B, S, P, _ = features.shape
     h, w = patch_grid(P, *depth.shape[-2:])
     generator = torch.Generator().manual_seed(seed)
@@ -200,4 +205,76 @@ def cameras_from_matches(
             extrinsics[b, child, :, :3], extrinsics[b, child, :, 3] = R_c, t_c
             counts[b, child] = count
             placed.add(child)
+        # Only where every pair is a candidate: over the chain-shaped set of longer inputs the graph has little
+        # redundancy, and on 300-frame single passes it raised the trajectory error (the tree keeps it there).
+        if refine and len(placed) > 2 and S <= ALL_PAIRS_UP_TO:
+            R_b, t_b, scale[b] = refine_pose_graph(
+                extrinsics[b, :, :, :3], extrinsics[b, :, :, 3], scale[b], edges, depth[b], r, placed
+            )
+            extrinsics[b] = torch.cat([R_b, t_b[..., None]], -1)
     return MatchCameras(extrinsics.to(depth.dtype), scale.to(depth.dtype), counts)
+
+
+def refine_pose_graph(
+    R: Tensor, t: Tensor, scale: Tensor, edges: dict, depth: Tensor, reference: int, placed: set[int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every placed view's world-to-camera (R (S, 3, 3), t (S, 3), reference units) and depth scale (S,) adjusted
+    to agree with all the pair fits at once, not only the spanning tree's: a pose graph over the similarities
+    ``edges[(i, j)] = (R, t, s, inlier count)`` (``X_j ~ s R X_i + t``, each view in its own depth units).
+
+    Each pair's residual is the rotation between its fit and the one the views' poses imply (radians), the
+    translation difference over the median depth of the pair's second view, and the log ratio of the scales;
+    it is weighted by the pair's inlier count, under a Cauchy loss of scale ``GRAPH_ROBUST`` so that a wrong fit
+    is outvoted rather than averaged in. The reference view stays fixed (the gauge); views outside ``placed``
+    are left as they are. Minimised by L-BFGS from the tree's poses (7 variables a view)."""
+    pairs = [(i, j, fit) for (i, j), fit in edges.items() if i < j and i in placed and j in placed]
+    if not pairs:
+        return R, t, scale
+    # The solver runs under no_grad or inference_mode (both callers'); the fit needs autograd, and inference
+    # tensors cannot be saved for it, so every input is cloned inside.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _minimise_pose_graph(R, t, scale, pairs, depth, reference, placed)
+
+
+def _minimise_pose_graph(R, t, scale, pairs, depth, reference, placed) -> tuple[Tensor, Tensor, Tensor]:
+    dev = R.device
+    a = torch.tensor([i for i, _, _ in pairs], device=dev)
+    b = torch.tensor([j for _, j, _ in pairs], device=dev)
+    R_fit = torch.stack([f[0].clone() for _, _, f in pairs]).double()
+    t_fit = torch.stack([f[1].clone() for _, _, f in pairs]).double()
+    s_fit = torch.stack([torch.as_tensor(f[2]).clone() for _, _, f in pairs]).double()
+    weight = torch.tensor([float(f[3]) for _, _, f in pairs], dtype=torch.float64, device=dev)
+    length = depth.clone().flatten(1).double().median(dim=1).values.clamp(min=1e-9)
+    free = torch.tensor([v in placed and v != reference for v in range(len(R))], device=dev)[:, None]
+    R0, t0, log_s0 = R.clone().double(), t.clone().double(), scale.clone().double().log()
+    turn = torch.zeros_like(t0, requires_grad=True)
+    shift = torch.zeros_like(t0, requires_grad=True)
+    log_s = torch.zeros_like(log_s0, requires_grad=True)
+
+    def poses() -> tuple[Tensor, Tensor, Tensor]:
+        return so3_exp(turn * free) @ R0, t0 + shift * free, (log_s0 + log_s * free[:, 0]).exp()
+
+    def energy() -> Tensor:
+        Rv, tv, sv = poses()
+        R_ab = Rv[b] @ Rv[a].transpose(1, 2)  # the pair's rotation and translation that the poses imply
+        t_ab = sv[b, None] * (tv[b] - (R_ab @ tv[a, :, None]).squeeze(-1))
+        r2 = (
+            so3_log(R_fit.transpose(1, 2) @ R_ab).square().sum(-1)
+            + ((t_ab - t_fit) / length[b, None]).square().sum(-1)
+            + (sv[b] / sv[a] / s_fit).log().square()
+        )
+        return (weight * GRAPH_ROBUST**2 * torch.log1p(r2 / GRAPH_ROBUST**2)).sum()
+
+    optimiser = torch.optim.LBFGS(
+        [turn, shift, log_s], max_iter=GRAPH_ITERATIONS, line_search_fn="strong_wolfe", tolerance_change=1e-12
+    )
+
+    def closure() -> Tensor:
+        optimiser.zero_grad()
+        e = energy()
+        e.backward()
+        return e
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        return tuple(x.to(R.dtype) for x in poses())

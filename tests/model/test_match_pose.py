@@ -95,8 +95,9 @@ def test_mutual_matches_refine_below_a_patch():
     assert 1.0 < float(cols[i]) < 1.5
 
 
+@pytest.mark.parametrize("refine", [False, True])
 @pytest.mark.parametrize("reference", [0, 2])
-def test_recovers_relative_poses_from_exact_matches_and_depth(reference):
+def test_recovers_relative_poses_from_exact_matches_and_depth(reference, refine):
     w2cs = [torch.eye(4, dtype=torch.float64) for _ in range(3)]
     w2cs[1][:3, :3], w2cs[1][:3, 3] = rotation([0, 1, 0.1], 9), torch.tensor([-0.45, 0.05, 0.1], dtype=torch.float64)
     w2cs[2][:3, :3], w2cs[2][:3, 3] = rotation([0.2, -1, 0], 7), torch.tensor([0.3, -0.1, -0.2], dtype=torch.float64)
@@ -104,12 +105,14 @@ def test_recovers_relative_poses_from_exact_matches_and_depth(reference):
     others = [i for i in range(3) if i != reference]
     depth[:, others] *= 1.5  # views predicted at another scale than the reference: Sim(3), not rigid, fits
     Ks = K.expand(1, 3, 3, 3)
-    extrinsics, scale, counts = cameras_from_matches(features, depth, Ks, torch.tensor([reference]))
+    extrinsics, scale, counts = cameras_from_matches(features, depth, Ks, torch.tensor([reference]), refine=refine)
     assert counts[0, reference] == 0 and (counts[0].sum() > 0)
     torch.testing.assert_close(extrinsics[0, reference], torch.eye(3, 4, dtype=torch.float64))
     rot, trans = relative_pose_errors(extrinsics[0], torch.stack(w2cs))
     assert rot.max() < 0.5, rot
-    assert trans.max() < 6.0, trans  # sub-patch refinement is approximate: ideal matches still give 1-5 degrees
+    # Sub-patch refinement is approximate: ideal matches still give 1-5 degrees per pair (the tree: 0.9 to 4.0),
+    # and the pose graph trades the three pairs' slightly inconsistent directions against each other (1.8 to 6.4).
+    assert trans.max() < (7.0 if refine else 5.0), trans
     # the translations come out in the reference's depth units: here the true ones
     truth = torch.stack(w2cs)[:, :3] @ torch.linalg.inv(w2cs[reference])
     torch.testing.assert_close(extrinsics[0, :, :, 3], truth[:, :, 3], atol=0.05, rtol=0)
