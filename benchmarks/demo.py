@@ -2,7 +2,9 @@
 ns-eval held-out PSNR/SSIM -> PLY) and writes its summary to benchmarks/results/demo.md, the source of the README's
 demo figures.
 
-    python benchmarks/demo.py [--out benchmarks/results/demo.md]
+    python benchmarks/demo.py [--out benchmarks/results/demo.md] [--preview docs/demo-preview.jpg]
+
+``--preview`` also keeps the run's preview grid, as the JPEG the README shows.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from da3_splat.commands.demo import DemoConfig, run_demo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=RESULTS / "demo.md")
+    p.add_argument("--preview", type=Path, help="also write the preview grid here (JPEG)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = DemoConfig(output=Path(tmp) / "demo_out")
         load_before = loadavg()
         s = run_demo(cfg)
+        if a.preview is not None and s["preview"] is not None:
+            from PIL import Image
+
+            Image.open(s["preview"]).convert("RGB").save(a.preview, quality=85)
+            print(f"wrote {a.preview}")
     extra = [
         f"- `da3-splat demo` with its defaults: weights {s['weights']}, {s['frames']} frames, "
         f"{s['refine_steps']} refinement steps; environment already installed",

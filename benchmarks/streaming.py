@@ -126,7 +126,7 @@ def run_one(scene: Path, mode: str, args) -> dict:
         return {"error": f"over {args.timeout} s"}
     if res.returncode != 0:
         lines = res.stderr.strip().splitlines() or [f"exit {res.returncode}"]
-        return {"error": lines[-1][:120]}
+        return {"error": lines[-1][:400]}
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

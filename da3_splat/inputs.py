@@ -164,9 +164,14 @@ def chunking(cfg) -> tuple[int, int] | None:
             raise InputError("--loop-closure needs --chunk-size (loops are closed between chunks)")
         if known:
             raise InputError("--loop-closure is for pose-free runs: with --poses the chunks share the given frame")
+    gate = getattr(cfg, "max_merge_residual", None)
+    if gate is not None and not gate > 0:
+        raise InputError(f"--max-merge-residual must be positive, got {gate}")
     if size is None:
         if overlap is not None:
             raise InputError("--chunk-overlap needs --chunk-size")
+        if gate is not None:
+            raise InputError("--max-merge-residual needs --chunk-size (it gates the merge of chunks)")
         return None
     from da3_splat.streaming import check_chunking
 
@@ -197,6 +202,8 @@ def run_model_on_inputs(cfg, check_outputs, console, needs_cameras: str | None =
         what = f"{len(images)} views in chunks of {chunks[0]} sharing {chunks[1]}"
         with status(console, f"Running {model.config.model_name} on {what} ({device}) ..."):
             loops = getattr(cfg, "loop_closure", False)
+            gate = getattr(cfg, "max_merge_residual", None)
+            kw.update({} if gate is None else {"max_residual": gate})
             pred = infer_streaming(model, images, *chunks, progress=progress, loop_closure=loops, **kw)
     else:
         with status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):

@@ -313,7 +313,8 @@ def infer_streaming(
                 if isinstance(again, str):
                     raise InputError(
                         f"{label} cannot be aligned to the frames before it: {fit}; nor through {ANCHORS} anchor "
-                        f"frames: {again}; try a larger chunk overlap or chunk size"
+                        f"frames: {again}; try a larger chunk overlap or chunk size, or, for a model whose passes "
+                        f"agree less, a looser merge gate (now {max_residual:g} of the scene)"
                     )
                 pred, stats = again
                 info.update(stats, overlap_failure=fit)

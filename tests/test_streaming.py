@@ -172,6 +172,15 @@ def test_predict_streams_chunks_on_the_bundled_model(twelve_images, tmp_path):
     assert info["streaming"]["chunk_size"] == 6 and len(info["streaming"]["chunks"]) == 3
 
 
+def test_the_merge_gate_reaches_the_library_and_its_refusal_is_one_line(twelve_images, tmp_path):
+    res = run_cli("predict", twelve_images, "-o", tmp_path / "out", "--model", "da3-tiny-synthetic", "--chunk-size", 6,
+                  "--chunk-overlap", 3, "--max-merge-residual", 1e-9)  # fmt: skip
+    last = res.stderr.strip().splitlines()[-1]  # after the progress line of the chunk that merged
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert last.startswith("error: ") and "chunk 2/3" in last and "a looser merge gate (now 1e-09 of the scene)" in last
+    assert not (tmp_path / "out" / "prediction.json").exists()  # nothing written for a refused run
+
+
 @pytest.mark.parametrize(
     ("flags", "match"),
     [
@@ -179,6 +188,8 @@ def test_predict_streams_chunks_on_the_bundled_model(twelve_images, tmp_path):
         (("--chunk-size", 6, "--chunk-overlap", 6), "--chunk-overlap (6) must be smaller than --chunk-size (6)"),
         (("--chunk-overlap", 3), "--chunk-overlap needs --chunk-size"),
         (("--loop-closure",), "--loop-closure needs --chunk-size"),
+        (("--max-merge-residual", 0.2), "--max-merge-residual needs --chunk-size"),
+        (("--chunk-size", 6, "--max-merge-residual", 0), "--max-merge-residual must be positive"),
     ],
 )
 def test_bad_chunk_flags_fail_before_the_model_loads(twelve_images, tmp_path, flags, match):

@@ -34,6 +34,9 @@ NEIGHBOURS = 2  # beyond ALL_PAIRS_UP_TO, each view is matched with this many on
 MIN_INLIERS = 8  # a pair whose best fit agrees with fewer matches is not used (too little evidence)
 GRAPH_ROBUST = 0.1  # Cauchy scale of the pose graph's residuals: radians, and translations over the view's depth
 GRAPH_ITERATIONS = 200  # L-BFGS iterations at most
+# The graph runs where every pair is a candidate: over the chain-shaped set of longer inputs it has little
+# redundancy, and on 300-frame single passes it raised the trajectory error (benchmarks/results/pose_graph.md).
+GRAPH_UP_TO = ALL_PAIRS_UP_TO
 
 
 def patch_grid(patches: int, height: int, width: int) -> tuple[int, int]:
@@ -174,7 +177,7 @@ def cameras_from_matches(
     Every candidate pair of views (:func:`candidate_pairs`) is fitted; each view is then placed along the
     spanning tree from the reference that keeps the best-supported pairs (most inlier matches), so a view that
     shares little with the reference is placed through the views between them. A view no pair reaches keeps the
-    reference's pose and depth scale. With ``refine`` (and at most ``ALL_PAIRS_UP_TO`` views), the poses are then
+    reference's pose and depth scale. With ``refine`` (and at most ``GRAPH_UP_TO`` views), the poses are then
     adjusted to all the pairs (:func:`refine_pose_graph`). Seeded RANSAC (``seed``): the same inputs give the same cameras."""
     B, S, P, _ = features.shape
     h, w = patch_grid(P, *depth.shape[-2:])
@@ -205,9 +208,7 @@ def cameras_from_matches(
             extrinsics[b, child, :, :3], extrinsics[b, child, :, 3] = R_c, t_c
             counts[b, child] = count
             placed.add(child)
-        # Only where every pair is a candidate: over the chain-shaped set of longer inputs the graph has little
-        # redundancy, and on 300-frame single passes it raised the trajectory error (the tree keeps it there).
-        if refine and len(placed) > 2 and S <= ALL_PAIRS_UP_TO:
+        if refine and len(placed) > 2 and S <= GRAPH_UP_TO:
             R_b, t_b, scale[b] = refine_pose_graph(
                 extrinsics[b, :, :, :3], extrinsics[b, :, :, 3], scale[b], edges, depth[b], r, placed
             )

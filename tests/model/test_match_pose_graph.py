@@ -107,3 +107,19 @@ def test_views_outside_the_placed_set_are_left_alone():
     out = refine_pose_graph(*start, all_pairs(R, t, scale), depth_of(scale), 0, {0, 1, 2})
     for got, want in zip(out, start):
         assert torch.equal(got[3:], want[3:])
+
+
+def test_the_solver_keeps_the_tree_beyond_graph_up_to(monkeypatch):
+    from da3_splat.model import match_pose
+    from tests.model.test_match_pose import K, rotation, scene
+
+    w2cs = [torch.eye(4, dtype=torch.float64) for _ in range(3)]
+    w2cs[1][:3, :3], w2cs[1][:3, 3] = rotation([0, 1, 0.1], 9), torch.tensor([-0.45, 0.05, 0.1], dtype=torch.float64)
+    w2cs[2][:3, :3], w2cs[2][:3, 3] = rotation([0.2, -1, 0], 7), torch.tensor([0.3, -0.1, -0.2], dtype=torch.float64)
+    depth, features = scene(w2cs)
+    args = (features, depth, K.expand(1, 3, 3, 3), torch.tensor([0]))
+    tree = match_pose.cameras_from_matches(*args, refine=False).extrinsics
+    graph = match_pose.cameras_from_matches(*args).extrinsics
+    assert not torch.allclose(tree, graph, atol=1e-6)  # three views: the graph has a pair outside the tree
+    monkeypatch.setattr(match_pose, "GRAPH_UP_TO", 2)
+    assert torch.equal(match_pose.cameras_from_matches(*args).extrinsics, tree)
