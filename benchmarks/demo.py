@@ -30,7 +30,9 @@ def main() -> None:
         if a.preview is not None and s["preview"] is not None:
             from PIL import Image
 
-            Image.open(s["preview"]).convert("RGB").save(a.preview, quality=85)
+            image = Image.open(s["preview"]).convert("RGB")
+            image.thumbnail((960, 960))  # the README's size: 3 columns of 320 px
+            image.save(a.preview, quality=85)
             print(f"wrote {a.preview}")
     extra = [
         f"- `da3-splat demo` with its defaults: weights {s['weights']}, {s['frames']} frames, "
