@@ -146,7 +146,7 @@ def main() -> None:
         "--max-residual",
         type=float,
         help="merge gate: the shared points' disagreement, over the scene, above which a chunk is refused "
-        "(default: the library's); the bundled tiny model's passes disagree by 3-6%%",
+        "(default: the library's); the bundled tiny model needs about 0.15 on some paths (results/streaming_gate.md)",
     )
     ap.add_argument("--one-pass-max", type=int, default=None, help="skip one pass above this many frames")
     ap.add_argument("--device", default="cpu")

@@ -64,7 +64,8 @@ class SplatConfig:
     max_merge_residual: float | None = None
     """With --chunk-size and no --poses: how far the views two chunks share may still disagree after the chunks'
     alignment (RMS over the scene's extent) before the merge is refused (default: 0.05). A model whose passes
-    agree less needs a looser gate: the bundled tiny model needs about 0.15 (benchmarks/results/streaming_gate.md)."""
+    agree less needs a looser gate: the bundled tiny model needs about 0.15 on some paths
+    (benchmarks/results/streaming_gate.md)."""
     pose_solver: Literal["decoder", "matches"] | None = None
     """Pose-free cameras from the camera decoder, or from the model's own patch matches lifted with its depth
     (``model.match_pose``; better for models trained here with --loss.matching); default: the model's setting."""

@@ -12,8 +12,8 @@ all of them then spreads the errors that the tree would leave on the pairs outsi
 Nothing here is learned; it only reads the network's outputs.
 
 Limits: a view that no pair reaches keeps the reference's pose (``inliers`` 0); beyond ``ALL_PAIRS_UP_TO`` views
-errors add up along the chain of neighbours; and the rotations are only as good as the depth (on GT depth the same matches give far smaller errors:
-benchmarks/results/match_pose.md).
+errors add up along the chain of neighbours; and the rotations are only as good as the depth (on GT depth the same
+matches give far smaller errors: benchmarks/results/match_pose.md, benchmarks/results/pose_graph.md).
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ def cameras_from_matches(
     spanning tree from the reference that keeps the best-supported pairs (most inlier matches), so a view that
     shares little with the reference is placed through the views between them. A view no pair reaches keeps the
     reference's pose and depth scale. With ``refine`` (and at most ``GRAPH_UP_TO`` views), the poses are then
-    adjusted to all the pairs (:func:`refine_pose_graph`). Seeded RANSAC (``seed``): the same inputs give the same cameras."""
+    adjusted to all the pairs (:func:`refine_pose_graph`). Seeded RANSAC (``seed``): the same inputs give the same
+    cameras."""
     B, S, P, _ = features.shape
     h, w = patch_grid(P, *depth.shape[-2:])
     generator = torch.Generator().manual_seed(seed)
