@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, machine_header, md_table
+from recipe_compare import SIZE
 from streaming import drift
 
 from da3_splat.data.dataset import NVSDataset, collate
@@ -35,7 +36,6 @@ from da3_splat.nvs import SceneBatch
 from da3_splat.runtime import load_model
 
 SOLVERS = {"tree": False, "tree + pose graph": True}
-SIZE = (126, 224)
 
 
 def forward(model, images: torch.Tensor) -> dict:
@@ -79,7 +79,6 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=300, help="frames of each long trajectory")
     p.add_argument("--out", type=Path, default=RESULTS / "pose_graph.md")
     a = p.parse_args()
-    torch.manual_seed(0)
     t_start = time.perf_counter()
     model = load_model(a.model, "cpu")
     model.eval()

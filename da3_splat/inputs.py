@@ -202,8 +202,8 @@ def run_model_on_inputs(cfg, check_outputs, console, needs_cameras: str | None =
         what = f"{len(images)} views in chunks of {chunks[0]} sharing {chunks[1]}"
         with status(console, f"Running {model.config.model_name} on {what} ({device}) ..."):
             loops = getattr(cfg, "loop_closure", False)
-            gate = getattr(cfg, "max_merge_residual", None)
-            kw.update({} if gate is None else {"max_residual": gate})
+            if getattr(cfg, "max_merge_residual", None) is not None:
+                kw["max_residual"] = cfg.max_merge_residual
             pred = infer_streaming(model, images, *chunks, progress=progress, loop_closure=loops, **kw)
     else:
         with status(console, f"Running {model.config.model_name} on {len(images)} view(s) ({device}) ..."):

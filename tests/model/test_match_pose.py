@@ -95,12 +95,18 @@ def test_mutual_matches_refine_below_a_patch():
     assert 1.0 < float(cols[i]) < 1.5
 
 
-@pytest.mark.parametrize("refine", [False, True])
-@pytest.mark.parametrize("reference", [0, 2])
-def test_recovers_relative_poses_from_exact_matches_and_depth(reference, refine):
+def three_cameras() -> list[torch.Tensor]:
+    """World-to-camera (4, 4) of three views of the plane, 7 to 9 degrees and up to 0.45 units apart."""
     w2cs = [torch.eye(4, dtype=torch.float64) for _ in range(3)]
     w2cs[1][:3, :3], w2cs[1][:3, 3] = rotation([0, 1, 0.1], 9), torch.tensor([-0.45, 0.05, 0.1], dtype=torch.float64)
     w2cs[2][:3, :3], w2cs[2][:3, 3] = rotation([0.2, -1, 0], 7), torch.tensor([0.3, -0.1, -0.2], dtype=torch.float64)
+    return w2cs
+
+
+@pytest.mark.parametrize("refine", [False, True])
+@pytest.mark.parametrize("reference", [0, 2])
+def test_recovers_relative_poses_from_exact_matches_and_depth(reference, refine):
+    w2cs = three_cameras()
     depth, features = scene(w2cs)
     others = [i for i in range(3) if i != reference]
     depth[:, others] *= 1.5  # views predicted at another scale than the reference: Sim(3), not rigid, fits

@@ -8,7 +8,9 @@ import torch
 
 from da3_splat.geometry import so3_exp
 from da3_splat.geometry_metrics import relative_pose_errors
+from da3_splat.model import match_pose
 from da3_splat.model.match_pose import place_child, refine_pose_graph
+from tests.model.test_match_pose import K, scene, three_cameras
 
 S = 6
 
@@ -110,13 +112,7 @@ def test_views_outside_the_placed_set_are_left_alone():
 
 
 def test_the_solver_keeps_the_tree_beyond_graph_up_to(monkeypatch):
-    from da3_splat.model import match_pose
-    from tests.model.test_match_pose import K, rotation, scene
-
-    w2cs = [torch.eye(4, dtype=torch.float64) for _ in range(3)]
-    w2cs[1][:3, :3], w2cs[1][:3, 3] = rotation([0, 1, 0.1], 9), torch.tensor([-0.45, 0.05, 0.1], dtype=torch.float64)
-    w2cs[2][:3, :3], w2cs[2][:3, 3] = rotation([0.2, -1, 0], 7), torch.tensor([0.3, -0.1, -0.2], dtype=torch.float64)
-    depth, features = scene(w2cs)
+    depth, features = scene(three_cameras())
     args = (features, depth, K.expand(1, 3, 3, 3), torch.tensor([0]))
     tree = match_pose.cameras_from_matches(*args, refine=False).extrinsics
     graph = match_pose.cameras_from_matches(*args).extrinsics
